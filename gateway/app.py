@@ -1,0 +1,204 @@
+"""Wiring: builds the running service from a validated site configuration.
+
+``GatewayService.run()`` opens the journal, binds the API socket (so a port
+clash is a clear start-up error, not a crash later), starts every part under
+the supervisor, and on SIGTERM/SIGINT shuts down within ``service.shutdown_s``:
+intake stops first, parts are cancelled in parallel, the writer drains last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import uvicorn
+
+from gateway import __version__
+from gateway.auth import TokenRegistry
+from gateway.config import SiteConfig
+from gateway.errors import GatewayError, JournalClosed, JournalError
+from gateway.events import Event
+from gateway.journal.store import Journal
+from gateway.metrics import GatewayMetrics
+from gateway.supervisor import PartFactory, PartHealth, Supervisor
+from gateway.web.api import ApiContext, create_api
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(GatewayError):
+    """The service cannot start (e.g. its API port is taken); exit code 2."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did, for ``gateway demo --duration``'s closing screen."""
+
+    seconds: float
+    events_this_run: int
+    parts: dict[str, PartHealth]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield
+
+
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen before anything starts, so a clash fails start-up clearly."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"api: cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(512)
+    sock.set_inheritable(True)
+    return sock
+
+
+class GatewayService:
+    """One site's gateway: journal, parts, API."""
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        *,
+        extra_parts: Sequence[tuple[str, PartFactory]] = (),
+        on_ready: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.supervisor = Supervisor()
+        self.journal: Journal | None = None
+        self._extra_parts = extra_parts
+        self._on_ready = on_ready
+        self.metrics = GatewayMetrics(lambda: self.journal, self.supervisor.health)
+        self.stop = asyncio.Event()
+
+    async def run(self) -> RunSummary:
+        """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
+        started = time.monotonic()
+        cfg = self.config
+        sock = bind_api_socket(cfg.api.host, cfg.api.port)
+        try:
+            self.journal = await Journal.open(
+                cfg.journal.path,
+                max_pending=cfg.journal.max_pending,
+                on_commit=self.metrics.on_commit,
+            )
+        except JournalError:
+            sock.close()
+            raise
+        journal = self.journal
+        host, port = sock.getsockname()[:2]
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        api = create_api(
+            ApiContext(
+                site_id=cfg.site.id,
+                journal=journal,
+                tokens=TokenRegistry(cfg.users),
+                metrics=self.metrics,
+                parts=self.supervisor.health,
+            )
+        )
+        self.supervisor.add("api", lambda: _serve_api(api, sock))
+        self.supervisor.add("heartbeat", lambda: _heartbeat(self, cfg.service.heartbeat_s))
+        for name, factory in self._extra_parts:
+            self.supervisor.add(name, factory)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        try:
+            await journal.submit(Event("gateway.started", None, {"version": __version__}))
+            log.info("gateway started site=%s api=%s journal=%s", cfg.site.id, url, journal.path)
+            if self._on_ready is not None:
+                self._on_ready(url)
+            await self._run_until_stopped()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            sock.close()
+        return RunSummary(
+            time.monotonic() - started, journal.events_committed, self.supervisor.health()
+        )
+
+    async def _run_until_stopped(self) -> None:
+        journal = self.journal
+        assert journal is not None
+        budget = self.config.service.shutdown_s
+        parts = asyncio.create_task(self.supervisor.run(self.stop), name="supervisor")
+        stop_wait = asyncio.create_task(self.stop.wait(), name="stop-wait")
+        await asyncio.wait({parts, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        self.stop.set()
+        deadline = time.monotonic() + budget
+        log.info("gateway stopping budget_s=%.1f", budget)
+        with contextlib.suppress(JournalClosed, asyncio.TimeoutError):
+            await asyncio.wait_for(journal.submit(Event("gateway.stopping", None, {})), 0.5)
+        journal.stop_intake()
+        try:
+            async with asyncio.timeout(max(0.5, deadline - time.monotonic() - 0.5)):
+                await parts
+        except TimeoutError:
+            log.error("parts did not stop in time: %s", _still_running(self.supervisor))
+        await journal.close(within_s=max(0.5, deadline - time.monotonic()))
+        stop_wait.cancel()
+        log.info("gateway stopped events_committed=%d", journal.events_committed)
+
+
+def _still_running(supervisor: Supervisor) -> str:
+    return ",".join(
+        name for name, health in supervisor.health().items() if health.state.value == "running"
+    )
+
+
+async def _serve_api(app: object, sock: socket.socket) -> None:
+    """The API part: uvicorn on the pre-bound socket; graceful stop on cancel."""
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+    )
+    server = _Server(config)
+    # A duplicate, because uvicorn closes the sockets it served: the original
+    # stays bound so a restarted API part listens on the same port at once.
+    serving = asyncio.create_task(server.serve(sockets=[sock.dup()]), name="uvicorn")
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await serving
+        raise
+
+
+async def _heartbeat(service: GatewayService, interval: float) -> None:
+    """The heartbeat part: the gateway's own vital signs into the journal."""
+    journal = service.journal
+    assert journal is not None
+    started = time.monotonic()
+    while True:
+        await asyncio.sleep(interval)
+        await journal.submit(
+            Event(
+                "gateway.heartbeat",
+                None,
+                {
+                    "uptime_s": round(time.monotonic() - started),
+                    "queue_depth": journal.queue_depth,
+                    "parts": {n: h.state.value for n, h in service.supervisor.health().items()},
+                },
+            )
+        )

@@ -1,0 +1,426 @@
+"""The site configuration: one TOML file per site, validated at start.
+
+Every problem is reported as one line naming the file, the key path, the value
+and the reason, e.g.::
+
+    config/site.toml: devices.meters[3].unit_id: 300 is not a Modbus unit id (1–247)
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+Secrets (``env:NAME`` / ``file:PATH`` / literal, see ``gateway.secrets``) are
+resolved here and never echoed. Relative paths are relative to the site file.
+The key reference is docs/config.md; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from gateway.errors import ConfigError
+from gateway.secrets import SECRET_KEYS, resolve_secret
+
+Role = Literal["guard", "supervisor", "admin", "central"]
+_IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _identifier(value: str) -> str:
+    if not _IDENT.match(value):
+        raise ValueError("is not a valid id (letters, digits, '_', '.', '-'; at most 64)")
+    return value
+
+
+def _unit_id(value: int) -> int:
+    if not 1 <= value <= 247:
+        raise ValueError("is not a Modbus unit id (1–247)")
+    return value
+
+
+def _tcp_port(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError("is not a TCP port (0–65535)")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _sha256_hex(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError(
+            "is not a SHA-256 hex digest (64 lower-case hex digits; "
+            "make one with `gateway hash-token`)"
+        )
+    return value
+
+
+Ident = Annotated[str, AfterValidator(_identifier)]
+UnitId = Annotated[int, AfterValidator(_unit_id)]
+TcpPort = Annotated[int, AfterValidator(_tcp_port)]
+Seconds = Annotated[float, AfterValidator(_positive)]
+TokenHash = Annotated[str, AfterValidator(_sha256_hex)]
+
+
+class _Section(BaseModel):
+    """Strict base: unknown keys are errors, values are immutable after load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    context = info.context or {}
+    base = context.get("base_dir", Path.cwd())
+    assert isinstance(base, Path)
+    return base
+
+
+class _HasSecrets(_Section):
+    """Sections with secret fields resolve ``env:``/``file:`` references on load."""
+
+    @field_validator("password", "token", "signing_secret", mode="before", check_fields=False)
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            return resolve_secret(value, _base_dir(info))
+        return value
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    return value if value.is_absolute() else _base_dir(info) / value
+
+
+class SiteInfo(_Section):
+    id: Ident
+    name: str = Field(min_length=1)
+    name_en: str | None = None
+    timezone: str = "Asia/Shanghai"
+    profiles_dir: Path = Path("profiles")
+    contingency_plan: Path | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_exists(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not a known time zone (e.g. Asia/Shanghai)") from None
+        return value
+
+    @field_validator("profiles_dir", "contingency_plan")
+    @classmethod
+    def _relative_to_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve_path(value, info)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class JournalSettings(_Section):
+    path: Path = Path("data/journal.db")
+    max_pending: int = Field(default=20_000, ge=100, le=1_000_000)
+
+    @field_validator("path")
+    @classmethod
+    def _relative_to_file(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve_path(value, info)
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: TcpPort = 8080
+
+
+class ServiceSettings(_Section):
+    """How the service itself behaves."""
+
+    heartbeat_s: Seconds = 60.0
+    shutdown_s: float = Field(default=5.0, ge=1.0, le=60.0)
+
+
+class MqttBroker(_HasSecrets):
+    """The site's MQTT broker (gates, barriers, readers)."""
+
+    host: str = "127.0.0.1"
+    port: TcpPort = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    client_id: str | None = None
+
+
+class ModbusTcpLink(_Section):
+    id: Ident
+    type: Literal["modbus_tcp", "rtu_over_tcp"]
+    host: str
+    port: TcpPort = 502
+    timeout_s: Seconds = 1.0
+    retries: int = Field(default=1, ge=0, le=5)
+
+
+class ModbusSerialLink(_Section):
+    id: Ident
+    type: Literal["modbus_rtu"]
+    device: str = Field(description="serial device, e.g. /dev/ttyUSB0")
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    timeout_s: Seconds = 0.5
+    retries: int = Field(default=1, ge=0, le=5)
+
+
+Link = Annotated[ModbusTcpLink | ModbusSerialLink, Field(discriminator="type")]
+
+
+class Meter(_Section):
+    id: Ident
+    link: Ident
+    unit_id: UnitId
+    profile: str = Field(min_length=1)
+    utility: Literal["electricity", "water", "gas", "heat"]
+    building: str | None = None
+    home: str | None = None
+    role: Literal["billed", "main"] = "billed"
+    poll_s: Seconds = 900.0
+
+
+class IoModule(_Section):
+    id: Ident
+    link: Ident
+    unit_id: UnitId
+    profile: str = Field(min_length=1)
+    poll_s: Seconds = 0.5
+
+
+class AccessPoint(_Section):
+    """A gate, door or parking barrier reached over MQTT."""
+
+    id: Ident
+    kind: Literal["door", "turnstile", "barrier"]
+    profile: str = Field(min_length=1)
+    topic_prefix: str = Field(min_length=1)
+    name: str | None = None
+    lot: str | None = None
+
+
+class PatrolWand(_Section):
+    id: Ident
+    device: str
+    baudrate: int = 9600
+
+
+class Devices(_Section):
+    meters: list[Meter] = []
+    io_modules: list[IoModule] = []
+    access_points: list[AccessPoint] = []
+    patrol_wands: list[PatrolWand] = []
+
+
+class SyncSettings(_HasSecrets):
+    """The central billing and ticket system (../shared/contracts/central-api.md)."""
+
+    enabled: bool = True
+    transport: Literal["http", "mqtt"] = "http"
+    base_url: str = Field(pattern=r"^https?://")
+    token: SecretStr
+    signing_secret: SecretStr | None = None
+
+
+class User(_Section):
+    name: Ident
+    display_name: str | None = None
+    role: Role
+    token_sha256: TokenHash
+
+
+class SiteConfig(_Section):
+    """A whole site file, validated."""
+
+    site: SiteInfo
+    journal: JournalSettings = JournalSettings()
+    api: ApiSettings = ApiSettings()
+    service: ServiceSettings = ServiceSettings()
+    mqtt: MqttBroker | None = None
+    links: list[Link] = []
+    devices: Devices = Devices()
+    sync: SyncSettings | None = None
+    users: list[User] = []
+    _source: Path = PrivateAttr(default=Path("<memory>"))
+
+    @property
+    def source(self) -> Path:
+        """The site file this configuration was read from."""
+        return self._source
+
+    def device_ids(self) -> list[str]:
+        """Every configured device id, links excluded."""
+        d = self.devices
+        ids = [m.id for m in d.meters] + [m.id for m in d.io_modules]
+        return ids + [a.id for a in d.access_points] + [w.id for w in d.patrol_wands]
+
+
+# ---- loading and error reporting -----------------------------------------
+
+
+def _format_loc(loc: Iterable[int | str]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """Drop pydantic's union-member tags (e.g. 'modbus_rtu') from a key path."""
+    return tuple(p for p in loc if not (isinstance(p, str) and p in _LINK_TAGS))
+
+
+_LINK_TAGS = frozenset({"modbus_tcp", "rtu_over_tcp", "modbus_rtu"})
+
+
+def _describe(error: Any, source: str) -> str:
+    loc = _clean_loc(tuple(error["loc"]))
+    where = f"{source}: {_format_loc(loc)}"
+    kind = error["type"]
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key (a typo? see docs/config.md)"
+    secret = bool(loc) and str(loc[-1]) in SECRET_KEYS
+    value = "<secret>" if secret else _format_value(error.get("input"))
+    message = str(error["msg"])
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+        if secret:
+            return f"{where}: {message}"
+        return f"{where}: {value} {message}"
+    if kind == "union_tag_invalid":
+        tag = error.get("ctx", {}).get("tag")
+        return f'{where}.type: "{tag}" is not a link type (modbus_tcp, rtu_over_tcp, modbus_rtu)'
+    return f"{where}: {value}: {message[:1].lower()}{message[1:]}"
+
+
+def _cross_checks(config: SiteConfig, source: str) -> list[str]:
+    """Checks that span sections: unique ids, references, files that must exist."""
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+
+    def claim(ident: str, key: str) -> None:
+        if ident in seen:
+            problems.append(f'{source}: {key}: "{ident}" is already used by {seen[ident]}')
+        else:
+            seen[ident] = key
+
+    for i, link in enumerate(config.links):
+        claim(link.id, f"links[{i}].id")
+    d = config.devices
+    sections: dict[str, list[Any]] = {
+        "meters": list(d.meters),
+        "io_modules": list(d.io_modules),
+        "access_points": list(d.access_points),
+        "patrol_wands": list(d.patrol_wands),
+    }
+    for name, items in sections.items():
+        for i, item in enumerate(items):
+            claim(item.id, f"devices.{name}[{i}].id")
+
+    links = {link.id for link in config.links}
+    for name in ("meters", "io_modules"):
+        for i, item in enumerate(sections[name]):
+            if item.link not in links:
+                problems.append(
+                    f'{source}: devices.{name}[{i}].link: "{item.link}" is not a declared link'
+                )
+    bus_units: dict[tuple[str, int], str] = {}
+    for name in ("meters", "io_modules"):
+        for i, item in enumerate(sections[name]):
+            key = f"devices.{name}[{i}].unit_id"
+            other = bus_units.setdefault((item.link, item.unit_id), key)
+            if other != key:
+                problems.append(
+                    f"{source}: {key}: {item.unit_id} is already used on link "
+                    f'"{item.link}" by {other}'
+                )
+
+    users: dict[str, str] = {}
+    tokens: dict[str, str] = {}
+    for i, user in enumerate(config.users):
+        if user.name in users:
+            problems.append(
+                f'{source}: users[{i}].name: "{user.name}" is already used by {users[user.name]}'
+            )
+        users.setdefault(user.name, f"users[{i}].name")
+        if user.token_sha256 in tokens:
+            problems.append(
+                f"{source}: users[{i}].token_sha256: the same token as {tokens[user.token_sha256]}"
+            )
+        tokens.setdefault(user.token_sha256, f"users[{i}]")
+
+    if not config.site.profiles_dir.is_dir():
+        problems.append(
+            f'{source}: site.profiles_dir: "{config.site.profiles_dir}" is not a directory'
+        )
+    plan = config.site.contingency_plan
+    if plan is not None and not plan.is_file():
+        problems.append(f'{source}: site.contingency_plan: "{plan}" does not exist')
+    return problems
+
+
+def parse_site_config(text: str, source: Path) -> SiteConfig:
+    """Validate site-file text; raise ConfigError listing every problem."""
+    name = str(source)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{name}: not valid TOML: {exc}"]) from None
+    try:
+        config = SiteConfig.model_validate(data, context={"base_dir": source.parent})
+    except ValidationError as exc:
+        raise ConfigError([_describe(error, name) for error in exc.errors()]) from None
+    config._source = source
+    problems = _cross_checks(config, name)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_site_config(path: Path | str) -> SiteConfig:
+    """Read and validate a site file; raise ConfigError naming file, key, value."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    return parse_site_config(text, path)

@@ -1,0 +1,37 @@
+"""Secrets in the site file: literal, ``env:NAME`` or ``file:PATH``.
+
+A site engineer keeps passwords and tokens out of the TOML that gets copied
+around: ``token = "env:CENTRAL_TOKEN"`` reads the environment,
+``password = "file:/etc/gateway/mqtt.pass"`` reads a file (relative paths are
+relative to the site file). The value is held as a pydantic ``SecretStr``, which
+prints as ``**********`` in logs, errors, reprs and API output.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import SecretStr
+
+SECRET_KEYS = frozenset({"password", "token", "signing_secret", "secret"})
+"""Config keys whose values are never echoed in an error message."""
+
+
+def resolve_secret(reference: str, base_dir: Path) -> SecretStr:
+    """Turn a secret reference into its value; ValueError names what is missing."""
+    if reference.startswith("env:"):
+        name = reference[4:]
+        value = os.environ.get(name)
+        if value is None:
+            raise ValueError(f"environment variable {name} is not set")
+        return SecretStr(value)
+    if reference.startswith("file:"):
+        path = Path(reference[5:])
+        if not path.is_absolute():
+            path = base_dir / path
+        try:
+            return SecretStr(path.read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
+    return SecretStr(reference)

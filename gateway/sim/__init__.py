@@ -1,0 +1,1 @@
+"""The simulated site: devices for the demo, the tests and the benchmarks."""
