@@ -112,7 +112,7 @@ class SiteInfo(_Section):
     name: str = Field(min_length=1)
     name_en: str | None = None
     timezone: str = "Asia/Shanghai"
-    profiles_dir: Path = Path("profiles")
+    profiles_dir: Path = Field(default=Path("profiles"), validate_default=True)
     contingency_plan: Path | None = None
 
     @field_validator("timezone")
@@ -135,7 +135,7 @@ class SiteInfo(_Section):
 
 
 class JournalSettings(_Section):
-    path: Path = Path("data/journal.db")
+    path: Path = Field(default=Path("data/journal.db"), validate_default=True)
     max_pending: int = Field(default=20_000, ge=100, le=1_000_000)
 
     @field_validator("path")
@@ -255,7 +255,8 @@ class SiteConfig(_Section):
     """A whole site file, validated."""
 
     site: SiteInfo
-    journal: JournalSettings = JournalSettings()
+    # Built from {} at load time, so its default path is resolved against the site file.
+    journal: JournalSettings = Field(default_factory=dict, validate_default=True)
     api: ApiSettings = ApiSettings()
     service: ServiceSettings = ServiceSettings()
     mqtt: MqttBroker | None = None

@@ -11,23 +11,21 @@ import uuid
 import pytest
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ModbusIOException
 
 from tests.harness.broker import (
     BROKER_KINDS,
     Broker,
     MqttConnectError,
     MqttTestClient,
-    mqtt_broker,  # noqa: F401
 )
 from tests.harness.modbus import (
     ModbusRtuServer,
     ModbusTcpServer,
     float32_to_registers,
-    modbus_rtu_server,  # noqa: F401
-    modbus_server,  # noqa: F401
 )
 from tests.harness.ports import free_tcp_port, port_is_open
-from tests.harness.serial_line import PtyPair, open_serial, pty_pair  # noqa: F401
+from tests.harness.serial_line import PtyPair, open_serial
 
 both_brokers = pytest.mark.parametrize("mqtt_broker", BROKER_KINDS, indirect=True)
 
@@ -37,7 +35,7 @@ def _topic() -> str:
     return f"test/{uuid.uuid4().hex}"
 
 
-def test_free_tcp_port_is_bindable() -> None:
+def test_free_tcp_port_is_unused() -> None:
     port = free_tcp_port()
     assert 1024 < port < 65536
     assert not port_is_open("127.0.0.1", port)
@@ -47,7 +45,7 @@ def test_free_tcp_port_is_bindable() -> None:
 
 
 @both_brokers
-def test_broker_round_trips_qos1_with_credentials(mqtt_broker: Broker) -> None:  # noqa: F811
+def test_broker_round_trips_qos1_with_credentials(mqtt_broker: Broker) -> None:
     topic = _topic()
     with MqttTestClient(mqtt_broker) as client:
         assert client.connect() is False
@@ -58,7 +56,7 @@ def test_broker_round_trips_qos1_with_credentials(mqtt_broker: Broker) -> None: 
 
 
 @both_brokers
-def test_broker_refuses_wrong_password(mqtt_broker: Broker) -> None:  # noqa: F811
+def test_broker_refuses_wrong_password(mqtt_broker: Broker) -> None:
     if not mqtt_broker.auth_enforced:
         pytest.skip("mosquitto_passwd missing: broker allows anonymous clients")
     with MqttTestClient(mqtt_broker, password="wrong") as client, pytest.raises(MqttConnectError):
@@ -66,7 +64,7 @@ def test_broker_refuses_wrong_password(mqtt_broker: Broker) -> None:  # noqa: F8
 
 
 @both_brokers
-def test_broker_keeps_qos1_for_offline_persistent_session(mqtt_broker: Broker) -> None:  # noqa: F811
+def test_broker_keeps_qos1_for_offline_persistent_session(mqtt_broker: Broker) -> None:
     topic, client_id = _topic(), f"persistent-{uuid.uuid4().hex[:8]}"
     with MqttTestClient(mqtt_broker, client_id, clean_session=False) as subscriber:
         subscriber.connect()
@@ -83,7 +81,7 @@ def test_broker_keeps_qos1_for_offline_persistent_session(mqtt_broker: Broker) -
 
 
 @both_brokers
-def test_client_reconnects_after_broker_restart(mqtt_broker: Broker) -> None:  # noqa: F811
+def test_client_reconnects_after_broker_restart(mqtt_broker: Broker) -> None:
     topic = _topic()
     port = mqtt_broker.port
     with MqttTestClient(mqtt_broker) as client:
@@ -97,16 +95,25 @@ def test_client_reconnects_after_broker_restart(mqtt_broker: Broker) -> None:  #
         assert client.expect_message().payload == b"after-restart"
 
 
-def test_stopped_broker_frees_its_port(mqtt_broker: Broker) -> None:  # noqa: F811
+def test_stopped_broker_frees_its_port(mqtt_broker: Broker) -> None:
     mqtt_broker.stop()
     assert not mqtt_broker.running
     assert not port_is_open(mqtt_broker.host, mqtt_broker.port)
 
 
+def test_module_scoped_broker_serves_clients(mqtt_broker_module: Broker) -> None:
+    topic = _topic()
+    with MqttTestClient(mqtt_broker_module) as client:
+        client.connect()
+        client.subscribe(topic)
+        client.publish(topic, b"shared", retain=True)
+        assert client.expect_message().payload == b"shared"
+
+
 # --- Modbus TCP ----------------------------------------------------------------
 
 
-def test_modbus_tcp_reads_registers_set_by_harness(modbus_server: ModbusTcpServer) -> None:  # noqa: F811
+def test_modbus_tcp_reads_registers_set_by_harness(modbus_server: ModbusTcpServer) -> None:
     modbus_server.set_holding_registers(1, 10, [1, 2, 0xFFFF])
     modbus_server.set_input_registers(2, 198, [7, 8])
     modbus_server.set_float32(1, 0, 230.5)
@@ -121,7 +128,7 @@ def test_modbus_tcp_reads_registers_set_by_harness(modbus_server: ModbusTcpServe
     assert struct.unpack(">f", struct.pack(">HH", *raw))[0] == 230.5
 
 
-def test_modbus_tcp_discrete_inputs_and_coil_writes(modbus_server: ModbusTcpServer) -> None:  # noqa: F811
+def test_modbus_tcp_discrete_inputs_and_coil_writes(modbus_server: ModbusTcpServer) -> None:
     modbus_server.set_discrete_inputs(1, 3, [True, False, True])
     with ModbusTcpClient(modbus_server.host, port=modbus_server.port, timeout=2) as client:
         assert client.connect()
@@ -133,13 +140,23 @@ def test_modbus_tcp_discrete_inputs_and_coil_writes(modbus_server: ModbusTcpServ
     assert modbus_server.get_holding_registers(1, 20) == [1234]
 
 
-def test_modbus_tcp_errors(modbus_server: ModbusTcpServer) -> None:  # noqa: F811
+def test_modbus_tcp_errors(modbus_server: ModbusTcpServer) -> None:
     with ModbusTcpClient(modbus_server.host, port=modbus_server.port, timeout=2) as client:
         assert client.connect()
         unknown_unit = client.read_holding_registers(0, count=1, device_id=99)
         past_the_end = client.read_holding_registers(199, count=2, device_id=1)
     assert unknown_unit.isError() and unknown_unit.exception_code == ExcCodes.GATEWAY_NO_RESPONSE
     assert past_the_end.isError() and past_the_end.exception_code == ExcCodes.ILLEGAL_ADDRESS
+
+
+def test_modbus_tcp_silent_unit_times_out() -> None:
+    with (
+        ModbusTcpServer(units=[1], ignore_missing_units=True) as server,
+        ModbusTcpClient(server.host, port=server.port, timeout=0.3, retries=0) as client,
+    ):
+        with pytest.raises(ModbusIOException):
+            client.read_holding_registers(0, count=1, device_id=5)
+        assert client.read_holding_registers(0, count=1, device_id=1).registers == [0]
 
 
 def test_modbus_tcp_server_restarts_on_same_port() -> None:
@@ -152,7 +169,7 @@ def test_modbus_tcp_server_restarts_on_same_port() -> None:
         assert client.read_holding_registers(0, count=1, device_id=7).registers == [0]
 
 
-def test_modbus_harness_rejects_out_of_range_values(modbus_server: ModbusTcpServer) -> None:  # noqa: F811
+def test_modbus_harness_rejects_out_of_range_values(modbus_server: ModbusTcpServer) -> None:
     with pytest.raises(ValueError):
         modbus_server.set_holding_registers(1, 0, [0x10000])
     with pytest.raises(ValueError):
@@ -174,7 +191,7 @@ def _read_exactly(fd: int, size: int, timeout: float = 2.0) -> bytes:
     return data
 
 
-def test_pty_is_raw(pty_pair: PtyPair) -> None:  # noqa: F811
+def test_pty_is_raw(pty_pair: PtyPair) -> None:
     # Plain os-level I/O: pyserial would set raw mode itself and hide a harness bug.
     master_fd, slave_path = pty_pair
     slave_fd = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
@@ -186,7 +203,7 @@ def test_pty_is_raw(pty_pair: PtyPair) -> None:  # noqa: F811
         os.close(slave_fd)
 
 
-def test_pty_carries_bytes_both_ways_with_pyserial(pty_pair: PtyPair) -> None:  # noqa: F811
+def test_pty_carries_bytes_both_ways_with_pyserial(pty_pair: PtyPair) -> None:
     master_fd, slave_path = pty_pair
     with open_serial(slave_path, timeout=2) as port:
         os.write(master_fd, b"\x01\x03\x00\r\n\xff")
@@ -196,7 +213,7 @@ def test_pty_carries_bytes_both_ways_with_pyserial(pty_pair: PtyPair) -> None:  
         assert _read_exactly(master_fd, 3) == b"\x00\x11\x22"
 
 
-def test_modbus_rtu_over_pty(modbus_rtu_server: ModbusRtuServer) -> None:  # noqa: F811
+def test_modbus_rtu_over_pty(modbus_rtu_server: ModbusRtuServer) -> None:
     modbus_rtu_server.set_holding_registers(1, 10, [7, 8])
     modbus_rtu_server.set_float32(2, 4, -1.5)
     with ModbusSerialClient(modbus_rtu_server.client_path, baudrate=9600, timeout=2) as client:

@@ -210,8 +210,9 @@ def _mosquitto_setup(broker: Broker, binary: str) -> None:
     workdir = broker._workdir
     lines = [
         f"listener {broker.port} {broker.host}",
-        # The default (1000) is not the problem; a low limit silently drops
-        # QoS 1 messages queued for an offline persistent session. 0 = unlimited.
+        # mosquitto silently drops QoS 1/2 messages queued for an offline
+        # persistent session beyond this limit (default 1000); 0 = no limit,
+        # so a burst a store-and-forward test expects is never lost here.
         "max_queued_messages 0",
         "persistence false",
         f"log_dest file {workdir / 'mosquitto.log'}",

@@ -153,12 +153,14 @@ class _ThreadedModbusServer:
         server.context = _KnownUnitsSimCore(devices)
         await server.serve_forever(background=True)
         self._server = server
+        log.info("%s serving units %s", self, self.units)
 
     async def _async_stop(self) -> None:
         if self._server is not None:
             await self._server.shutdown()
-        # Closing a connection leaves pymodbus tasks behind; finish them here
-        # so the loop closes without "Task was destroyed but it is pending".
+        # pymodbus answers each request in its own task; one caught mid-flight
+        # by the shutdown must be finished here, or closing the loop warns
+        # "Task was destroyed but it is pending" (an error in this suite).
         current = asyncio.current_task()
         tasks = [task for task in asyncio.all_tasks() if task is not current]
         for task in tasks:
@@ -274,6 +276,9 @@ class ModbusTcpServer(_ThreadedModbusServer):
         self.host = host
         self.port = port or free_tcp_port()
 
+    def __repr__(self) -> str:
+        return f"ModbusTcpServer({self.host}:{self.port})"
+
     def _create_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
         return PymodbusTcpServer(
             devices,
@@ -287,7 +292,8 @@ class ModbusRtuServer(_ThreadedModbusServer):
 
     The code under test opens ``client_path`` (a pty, like ``/dev/ttyUSB0``);
     the server holds the other end. A pty ignores the baud rate, so requests
-    are answered immediately whatever ``baudrate`` says.
+    are answered immediately whatever ``baudrate`` says. Each ``start()``
+    creates a new line, so ``client_path`` changes across a restart.
     """
 
     def __init__(
@@ -321,6 +327,9 @@ class ModbusRtuServer(_ThreadedModbusServer):
             super().stop()
         finally:
             self._line.close()
+
+    def __repr__(self) -> str:
+        return f"ModbusRtuServer({self._server_path} <-> client {self.client_path})"
 
     def _create_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
         return ModbusSerialServer(

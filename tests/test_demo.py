@@ -1,0 +1,72 @@
+"""`gateway demo`: runs with nothing installed, serves its API, stops on time or Ctrl-C."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+DEMO = [sys.executable, "-m", "gateway.cli", "demo", "--port", "0"]
+
+
+def test_demo_runs_for_its_duration_and_prints_a_summary(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [*DEMO, "--duration", "3", "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert 3 <= time.monotonic() - started < 15
+    out = result.stdout
+    assert re.search(r"API \(OpenAPI docs\): +http://127\.0\.0\.1:\d+/docs", out)
+    assert "token for guard" in out
+    summary = out.split("summary", 1)[1]
+    ingested = re.search(r"events ingested: (\d+) this run, (\d+) in the journal", summary)
+    assert ingested is not None and int(ingested.group(1)) >= 2
+    assert (tmp_path / "journal.db").exists()
+
+    again = subprocess.run(
+        [*DEMO, "--duration", "1", "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    total = re.search(r"this run, (\d+) in the journal", again.stdout)
+    assert total is not None and int(total.group(1)) > int(ingested.group(2))
+
+
+def test_demo_serves_the_api_with_the_printed_tokens_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [*DEMO, "--data", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        while not any("Ctrl-C" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, "demo ended before printing its welcome"
+            lines.append(line)
+        text = "".join(lines)
+        url = re.search(r"(http://127\.0\.0\.1:\d+)/healthz", text).group(1)  # type: ignore[union-attr]
+        guard = re.search(r"token for guard +(\S+)", text).group(1)  # type: ignore[union-attr]
+        response = httpx.get(f"{url}/api/v1/events", headers={"Authorization": f"Bearer {guard}"})
+        assert response.status_code == 200
+        assert response.json()["events"][-1]["kind"] == "gateway.started"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=10)
+        assert proc.returncode == 0
+        assert "summary" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
