@@ -130,6 +130,7 @@ class GatewayService:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             sock.close()
+            await journal.close()  # no-op after a normal stop; drains after a failure
         return RunSummary(
             time.monotonic() - started, journal.events_committed, self.supervisor.health()
         )

@@ -67,6 +67,16 @@ def test_crashing_part_is_restarted_others_keep_running() -> None:
     asyncio.run(main())
 
 
+async def _seconds_to_stop(service: GatewayService) -> float:
+    """Start the service, let it settle, stop it; how long the stop took."""
+    task = asyncio.create_task(service.run())
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    service.stop.set()
+    await asyncio.wait_for(task, 10)
+    return time.monotonic() - started
+
+
 def test_shutdown_closes_slow_parts_in_parallel_within_budget(tmp_path: Path) -> None:
     """Three parts that each need 1.5 s to close: in series 4.5 s, in parallel ~1.5 s."""
     site = write_site(tmp_path)
@@ -83,17 +93,8 @@ def test_shutdown_closes_slow_parts_in_parallel_within_budget(tmp_path: Path) ->
 
         return run
 
-    async def main() -> float:
-        parts = [(f"slow{i}", slow_part(f"slow{i}")) for i in range(3)]
-        service = GatewayService(config, extra_parts=parts)
-        task = asyncio.create_task(service.run())
-        await asyncio.sleep(0.5)
-        started = time.monotonic()
-        service.stop.set()
-        await asyncio.wait_for(task, 10)
-        return time.monotonic() - started
-
-    elapsed = asyncio.run(main())
+    parts = [(f"slow{i}", slow_part(f"slow{i}")) for i in range(3)]
+    elapsed = asyncio.run(_seconds_to_stop(GatewayService(config, extra_parts=parts)))
     assert sorted(closed) == ["slow0", "slow1", "slow2"]
     assert elapsed < 3.0
 
@@ -109,16 +110,8 @@ def test_a_part_that_will_not_stop_does_not_hold_the_service(tmp_path: Path) -> 
             except asyncio.CancelledError:
                 await asyncio.shield(asyncio.sleep(30))  # ignores the first cancel for 30 s
 
-    async def main() -> float:
-        service = GatewayService(config, extra_parts=[("stubborn", stubborn)])
-        task = asyncio.create_task(service.run())
-        await asyncio.sleep(0.3)
-        started = time.monotonic()
-        service.stop.set()
-        await asyncio.wait_for(task, 10)
-        return time.monotonic() - started
-
-    assert asyncio.run(main()) <= 5.5
+    service = GatewayService(config, extra_parts=[("stubborn", stubborn)])
+    assert asyncio.run(_seconds_to_stop(service)) <= 5.5
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -179,6 +179,7 @@ class Journal:
         self._accepting = True
         self._stopping = False
         self._writer_idle = False
+        self._closed = False
         self.events_committed = 0
         self.commit_failures = 0
         self._readers: list[sqlite3.Connection] = []
@@ -383,7 +384,12 @@ class Journal:
         self._space.set()
 
     async def close(self, within_s: float = 5.0) -> None:
-        """Stop intake, commit what is pending, stop the writer and close files."""
+        """Stop intake, commit what is pending, stop the writer and close files.
+
+        Safe to call twice (the service calls it again on every exit path)."""
+        if self._closed:
+            return
+        self._closed = True
         self.stop_intake()
         with self._cond:
             self._stopping = True

@@ -88,7 +88,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return JSONResponse(
                 {"detail": f"body larger than {MAX_BODY_BYTES} bytes"},
-                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+                status_code=413,
             )
         response: Response = await call_next(request)
         return response
@@ -137,7 +137,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         try:
             events = [_to_event(item) for item in batch.events]
         except ValueError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+            raise HTTPException(422, str(exc)) from None
         try:
             await ctx.journal.submit_many(events)
             await record_audit(
