@@ -27,6 +27,9 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -73,9 +76,11 @@ def _sha256_hex(value: str) -> str:
 
 
 Ident = Annotated[str, AfterValidator(_identifier)]
-UnitId = Annotated[int, AfterValidator(_unit_id)]
-TcpPort = Annotated[int, AfterValidator(_tcp_port)]
-Seconds = Annotated[float, AfterValidator(_positive)]
+# Strict numbers and booleans: TOML has types, so "1883" or true where a number
+# belongs is a mistake to report, not to coerce.
+UnitId = Annotated[StrictInt, AfterValidator(_unit_id)]
+TcpPort = Annotated[StrictInt, AfterValidator(_tcp_port)]
+Seconds = Annotated[StrictFloat, AfterValidator(_positive)]
 TokenHash = Annotated[str, AfterValidator(_sha256_hex)]
 
 
@@ -120,7 +125,7 @@ class SiteInfo(_Section):
     def _zone_exists(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # "Asia" is a folder: OSError
             raise ValueError("is not a known time zone (e.g. Asia/Shanghai)") from None
         return value
 
@@ -136,7 +141,7 @@ class SiteInfo(_Section):
 
 class JournalSettings(_Section):
     path: Path = Field(default=Path("data/journal.db"), validate_default=True)
-    max_pending: int = Field(default=20_000, ge=100, le=1_000_000)
+    max_pending: StrictInt = Field(default=20_000, ge=100, le=1_000_000)
 
     @field_validator("path")
     @classmethod
@@ -153,7 +158,7 @@ class ServiceSettings(_Section):
     """How the service itself behaves."""
 
     heartbeat_s: Seconds = 60.0
-    shutdown_s: float = Field(default=5.0, ge=1.0, le=60.0)
+    shutdown_s: StrictFloat = Field(default=5.0, ge=1.0, le=60.0)
 
 
 class MqttBroker(_HasSecrets):
@@ -163,8 +168,11 @@ class MqttBroker(_HasSecrets):
     port: TcpPort = 1883
     username: str | None = None
     password: SecretStr | None = None
-    tls: bool = False
+    tls: StrictBool = False
     client_id: str | None = None
+
+
+Baudrate = Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200]
 
 
 class ModbusTcpLink(_Section):
@@ -173,18 +181,18 @@ class ModbusTcpLink(_Section):
     host: str
     port: TcpPort = 502
     timeout_s: Seconds = 1.0
-    retries: int = Field(default=1, ge=0, le=5)
+    retries: StrictInt = Field(default=1, ge=0, le=5)
 
 
 class ModbusSerialLink(_Section):
     id: Ident
     type: Literal["modbus_rtu"]
     device: str = Field(description="serial device, e.g. /dev/ttyUSB0")
-    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    baudrate: Baudrate = 9600
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     timeout_s: Seconds = 0.5
-    retries: int = Field(default=1, ge=0, le=5)
+    retries: StrictInt = Field(default=1, ge=0, le=5)
 
 
 Link = Annotated[ModbusTcpLink | ModbusSerialLink, Field(discriminator="type")]
@@ -224,7 +232,7 @@ class AccessPoint(_Section):
 class PatrolWand(_Section):
     id: Ident
     device: str
-    baudrate: int = 9600
+    baudrate: Baudrate = 9600
 
 
 class Devices(_Section):
@@ -237,9 +245,16 @@ class Devices(_Section):
 class SyncSettings(_HasSecrets):
     """The central billing and ticket system (../shared/contracts/central-api.md)."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     transport: Literal["http", "mqtt"] = "http"
-    base_url: str = Field(pattern=r"^https?://")
+    base_url: str
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
     token: SecretStr
     signing_secret: SecretStr | None = None
 
@@ -292,6 +307,8 @@ def _format_loc(loc: Iterable[int | str]) -> str:
 
 
 def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, dict):
@@ -306,6 +323,7 @@ def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return tuple(p for p in loc if not (isinstance(p, str) and p in _LINK_TAGS))
 
 
+_HIDDEN_KEYS = SECRET_KEYS | {"token_sha256"}  # a pasted token must not be echoed either
 _LINK_TAGS = frozenset({"modbus_tcp", "rtu_over_tcp", "modbus_rtu"})
 
 
@@ -315,9 +333,13 @@ def _describe(error: Any, source: str) -> str:
     kind = error["type"]
     if kind == "missing":
         return f"{where}: required key is missing"
+    if kind == "union_tag_not_found":
+        return f"{where}.type: required key is missing (modbus_tcp, rtu_over_tcp, modbus_rtu)"
+    if kind == "list_type" and isinstance(error.get("input"), dict):
+        return f"{where}: must be a list of tables — write [[{_format_loc(loc)}]]"
     if kind == "extra_forbidden":
         return f"{where}: unknown key (a typo? see docs/config.md)"
-    secret = bool(loc) and str(loc[-1]) in SECRET_KEYS
+    secret = bool(loc) and str(loc[-1]) in _HIDDEN_KEYS
     value = "<secret>" if secret else _format_value(error.get("input"))
     message = str(error["msg"])
     if kind == "value_error":
@@ -383,7 +405,8 @@ def _cross_checks(config: SiteConfig, source: str) -> list[str]:
         users.setdefault(user.name, f"users[{i}].name")
         if user.token_sha256 in tokens:
             problems.append(
-                f"{source}: users[{i}].token_sha256: the same token as {tokens[user.token_sha256]}"
+                f"{source}: users[{i}].token_sha256: is the same token hash as "
+                f"{tokens[user.token_sha256]}.token_sha256 (one token per person)"
             )
         tokens.setdefault(user.token_sha256, f"users[{i}]")
 
@@ -422,6 +445,8 @@ def load_site_config(path: Path | str) -> SiteConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: is not UTF-8 text; save it as UTF-8"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     return parse_site_config(text, path)

@@ -23,15 +23,20 @@ def resolve_secret(reference: str, base_dir: Path) -> SecretStr:
     if reference.startswith("env:"):
         name = reference[4:]
         value = os.environ.get(name)
-        if value is None:
-            raise ValueError(f"environment variable {name} is not set")
+        if not value:
+            raise ValueError(f"environment variable {name} is not set or empty")
         return SecretStr(value)
     if reference.startswith("file:"):
         path = Path(reference[5:])
         if not path.is_absolute():
             path = base_dir / path
         try:
-            return SecretStr(path.read_text(encoding="utf-8").strip())
+            value = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError:
+            raise ValueError(f"secret file {path} is not UTF-8 text") from None
+        if not value:
+            raise ValueError(f"secret file {path} is empty")
+        return SecretStr(value)
     return SecretStr(reference)
