@@ -255,6 +255,7 @@ class SyncSettings(_HasSecrets):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
     token: SecretStr
     signing_secret: SecretStr | None = None
 
