@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import uvicorn
 
 from gateway import __version__
+from gateway.adapters.modbus.adapter import ModbusSide
 from gateway.auth import TokenRegistry
+from gateway.clock import Clock
 from gateway.config import SiteConfig
 from gateway.errors import GatewayError, JournalClosed, JournalError
 from gateway.events import Event
@@ -28,6 +30,7 @@ from gateway.journal.store import Journal
 from gateway.metrics import GatewayMetrics
 from gateway.supervisor import PartFactory, PartHealth, Supervisor
 from gateway.web.api import ApiContext, create_api
+from gateway.web.meters import create_meter_router
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +80,11 @@ class GatewayService:
         *,
         extra_parts: Sequence[tuple[str, PartFactory]] = (),
         on_ready: Callable[[str], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
+        self.clock = clock or Clock()
+        self.modbus: ModbusSide | None = None
         self.supervisor = Supervisor()
         self.journal: Journal | None = None
         self._extra_parts = extra_parts
@@ -103,6 +109,10 @@ class GatewayService:
         journal = self.journal
         host, port = sock.getsockname()[:2]
         url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        if cfg.devices.meters or cfg.devices.io_modules:
+            self.modbus = await ModbusSide.build(cfg, journal, self.clock)
+            for name, factory in self.modbus.parts():
+                self.supervisor.add(name, factory)
         api = create_api(
             ApiContext(
                 site_id=cfg.site.id,
@@ -110,7 +120,16 @@ class GatewayService:
                 tokens=TokenRegistry(cfg.users),
                 metrics=self.metrics,
                 parts=self.supervisor.health,
-            )
+            ),
+            routers=[
+                create_meter_router(
+                    cfg,
+                    journal,
+                    self.modbus.book if self.modbus else None,
+                    self.modbus.devices if self.modbus else list,
+                    self.modbus.outputs if self.modbus else None,
+                )
+            ],
         )
         self.supervisor.add("api", lambda: _serve_api(api, sock))
         self.supervisor.add("heartbeat", lambda: _heartbeat(self, cfg.service.heartbeat_s))

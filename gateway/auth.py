@@ -24,6 +24,11 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "events.submit": frozenset({"admin"}),
     "audit.read": frozenset({"supervisor", "admin"}),
     "health.detail": frozenset({"guard", "supervisor", "admin", "central"}),
+    "devices.read": frozenset({"guard", "supervisor", "admin", "central"}),
+    "meters.read": frozenset({"guard", "supervisor", "admin", "central"}),
+    "billing.export": frozenset({"supervisor", "admin", "central"}),
+    "readings.edit": frozenset({"supervisor", "admin"}),
+    "outputs.switch": frozenset({"supervisor", "admin"}),
 }
 """Permission name → roles holding it. Endpoints ask for a permission, never a role."""
 

@@ -5,7 +5,9 @@ the site's zone happens only at the edges (screens, billing periods, the
 central API, which wants an offset).
 """
 
-from datetime import UTC, datetime
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 
@@ -36,3 +38,34 @@ def parse_rfc3339(text: str) -> datetime:
 def in_site_zone(moment: datetime, zone: ZoneInfo) -> datetime:
     """The same instant in the site's time zone (for screens and billing)."""
     return moment.astimezone(zone)
+
+
+class Clock:
+    """The wall clock the schedulers read; tests substitute a ``ShiftedClock``.
+
+    Billing-period closes happen at 00:00 site time on the 1st; a test must be
+    able to cross that boundary in seconds, not wait for the end of the month.
+    """
+
+    def now(self) -> datetime:
+        return utc_now()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class ShiftedClock(Clock):
+    """Real time moved to begin at ``start``, optionally running ``speed`` times faster."""
+
+    def __init__(self, start: datetime, speed: float = 1.0) -> None:
+        if start.tzinfo is None:
+            raise ValueError("ShiftedClock needs an aware start time")
+        self._start = start.astimezone(UTC)
+        self._t0 = time.monotonic()
+        self._speed = speed
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=(time.monotonic() - self._t0) * self._speed)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self._speed)

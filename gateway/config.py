@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError
+from gateway.profiles import load_profiles
 from gateway.secrets import SECRET_KEYS, resolve_secret
 
 Role = Literal["guard", "supervisor", "admin", "central"]
@@ -182,6 +183,7 @@ class ModbusTcpLink(_Section):
     port: TcpPort = 502
     timeout_s: Seconds = 1.0
     retries: StrictInt = Field(default=1, ge=0, le=5)
+    offline_after: StrictInt = Field(default=3, ge=1, le=100)
 
 
 class ModbusSerialLink(_Section):
@@ -193,6 +195,7 @@ class ModbusSerialLink(_Section):
     stopbits: Literal[1, 2] = 1
     timeout_s: Seconds = 0.5
     retries: StrictInt = Field(default=1, ge=0, le=5)
+    offline_after: StrictInt = Field(default=3, ge=1, le=100)
 
 
 Link = Annotated[ModbusTcpLink | ModbusSerialLink, Field(discriminator="type")]
@@ -208,6 +211,26 @@ class Meter(_Section):
     home: str | None = None
     role: Literal["billed", "main"] = "billed"
     poll_s: Seconds = 900.0
+    # Per value of the profile, fields to replace: {import_kwh = {address = 0x401E}}.
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class IoInput(_Section):
+    """One dry contact wired to an input of an I/O module, and what it means."""
+
+    number: StrictInt = Field(ge=1, le=256)
+    meaning: Ident
+    where: str | None = None
+    name: str | None = None
+    abnormal: Literal["closed", "open"] = "closed"
+
+
+class IoOutput(_Section):
+    """A relay output of an I/O module (a sounder, a beacon, a gate release)."""
+
+    number: StrictInt = Field(ge=1, le=256)
+    name: str = Field(min_length=1)
+    meaning: Ident | None = None
 
 
 class IoModule(_Section):
@@ -215,7 +238,9 @@ class IoModule(_Section):
     link: Ident
     unit_id: UnitId
     profile: str = Field(min_length=1)
-    poll_s: Seconds = 0.5
+    poll_s: Seconds = 0.25
+    inputs: list[IoInput] = []
+    outputs: list[IoOutput] = []
 
 
 class AccessPoint(_Section):
@@ -415,9 +440,56 @@ def _cross_checks(config: SiteConfig, source: str) -> list[str]:
         problems.append(
             f'{source}: site.profiles_dir: "{config.site.profiles_dir}" is not a directory'
         )
+    elif d.meters or d.io_modules:
+        problems += _profile_checks(config, source)
     plan = config.site.contingency_plan
     if plan is not None and not plan.is_file():
         problems.append(f'{source}: site.contingency_plan: "{plan}" does not exist')
+    return problems
+
+
+def _profile_checks(config: SiteConfig, source: str) -> list[str]:
+    """Each Modbus device names a profile of the right kind; overrides and
+    contact numbers fit the profile."""
+    try:
+        profiles = load_profiles(config.site.profiles_dir)
+    except ConfigError as exc:
+        return exc.problems
+    problems: list[str] = []
+    known = ", ".join(sorted(profiles)) or "none"
+    for i, meter in enumerate(config.devices.meters):
+        key = f"{source}: devices.meters[{i}]"
+        profile = profiles.get(meter.profile)
+        if profile is None or profile.kind != "meter":
+            problems.append(f'{key}.profile: "{meter.profile}" is not a meter profile ({known})')
+        elif meter.overrides:
+            try:
+                profile.with_overrides(meter.overrides, f"{key}.overrides")
+            except ConfigError as exc:
+                problems += exc.problems
+    for i, module in enumerate(config.devices.io_modules):
+        key = f"{source}: devices.io_modules[{i}]"
+        profile = profiles.get(module.profile)
+        if profile is None or profile.io is None:
+            problems.append(
+                f'{key}.profile: "{module.profile}" is not an I/O module profile ({known})'
+            )
+            continue
+        contacts: tuple[tuple[str, Sequence[IoInput | IoOutput], int], ...] = (
+            ("inputs", module.inputs, profile.io.discrete_inputs),
+            ("outputs", module.outputs, profile.io.coils),
+        )
+        for name, items, limit in contacts:
+            seen: set[int] = set()
+            for j, item in enumerate(items):
+                if item.number > limit:
+                    problems.append(
+                        f"{key}.{name}[{j}].number: {item.number} is beyond the module's "
+                        f"{limit} {name} ({module.profile})"
+                    )
+                if item.number in seen:
+                    problems.append(f"{key}.{name}[{j}].number: {item.number} is used twice")
+                seen.add(item.number)
     return problems
 
 

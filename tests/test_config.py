@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import typing
@@ -30,6 +31,9 @@ HASH_B = "b" * 64
 # ---- helpers -------------------------------------------------------------------------
 
 
+SHIPPED_PROFILES = Path(__file__).parent.parent / "config" / "profiles"
+
+
 def site_text(extra: str = "", *, site_keys: str = "") -> str:
     """A minimal valid site file; ``site_keys`` go into [site], ``extra`` after it."""
     return (
@@ -41,9 +45,9 @@ def site_text(extra: str = "", *, site_keys: str = "") -> str:
 
 
 def write_site(directory: Path, text: str, name: str = "site.toml") -> Path:
-    """Write a site file into ``directory``, with its profiles folder beside it."""
+    """Write a site file into ``directory``, with the shipped profiles beside it."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "profiles").mkdir(exist_ok=True)
+    shutil.copytree(SHIPPED_PROFILES, directory / "profiles", dirs_exist_ok=True)
     path = directory / name
     path.write_text(text, encoding="utf-8")
     return path

@@ -60,7 +60,37 @@ def _initial(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "events and audit", _initial),)
+def _meters(conn: sqlite3.Connection) -> None:
+    # The last good value of each counter: the VEE baseline, restored at start
+    # without scanning the journal; updated in the same commit as the reading.
+    conn.execute(
+        """CREATE TABLE meter_baseline (
+            meter TEXT NOT NULL,
+            register TEXT NOT NULL,
+            value REAL NOT NULL,
+            read_at TEXT NOT NULL,            -- RFC 3339 UTC
+            replaced_with REAL,               -- new meter's first reading, until the next good one
+            PRIMARY KEY (meter, register)
+        )"""
+    )
+    # One row per billed meter and month: owed until read at the boundary or estimated.
+    conn.execute(
+        """CREATE TABLE period_close (
+            meter TEXT NOT NULL,
+            period TEXT NOT NULL,             -- 'YYYY-MM', the month that closed
+            boundary TEXT NOT NULL,           -- RFC 3339 UTC of 00:00 site time on the 1st
+            status TEXT NOT NULL,             -- owed | read | estimated | manual
+            event_id TEXT,                    -- the meter.reading event that closes it
+            PRIMARY KEY (meter, period)
+        )"""
+    )
+    conn.execute("CREATE INDEX period_close_status ON period_close (status, period)")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "events and audit", _initial),
+    Migration(2, "meter baselines and period closes", _meters),
+)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

@@ -52,6 +52,12 @@ _INSERT = (
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+def insert_events(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
+    """Insert events from inside a ``Journal.write`` operation (same transaction
+    as the state it goes with); an id already stored is ignored."""
+    conn.executemany(_INSERT, [event.as_row() for event in events])
+
+
 def _connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     if read_only:
         conn = sqlite3.connect(

@@ -7,11 +7,11 @@ intake answers only after the events are committed, so a 200 means durable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -73,8 +73,8 @@ def _overall(parts: dict[str, PartHealth]) -> str:
     return "ok"
 
 
-def create_api(ctx: ApiContext) -> FastAPI:
-    """Build the FastAPI application for a running service."""
+def create_api(ctx: ApiContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """Build the FastAPI application for a running service (plus the parts' routers)."""
     app = FastAPI(
         title="Site Gateway API",
         version=__version__,
@@ -171,6 +171,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
         rows = await ctx.journal.query(lambda conn: recent_audit(conn, limit=limit, before=before))
         return {"audit": rows, "next": rows[-1]["seq"] if len(rows) == limit else None}
 
+    for router in routers:
+        app.include_router(router)
     return app
 
 

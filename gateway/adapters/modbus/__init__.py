@@ -1,0 +1,1 @@
+"""Modbus RTU/TCP: links, polling, and decoding registers as device profiles describe them."""

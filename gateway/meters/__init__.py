@@ -1,0 +1,1 @@
+"""Billing-grade meter readings: validation, period closes, manual entries."""
