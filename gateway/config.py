@@ -210,7 +210,8 @@ class Meter(_Section):
     building: str | None = None
     home: str | None = None
     role: Literal["billed", "main"] = "billed"
-    poll_s: Seconds = 900.0
+    # At least 1 s: a reading's id carries its time to the second (the central API's form).
+    poll_s: Seconds = Field(default=900.0, ge=1.0)
     # Per value of the profile, fields to replace: {import_kwh = {address = 0x401E}}.
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

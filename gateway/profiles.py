@@ -42,8 +42,8 @@ from pydantic import (
 
 from gateway.errors import ConfigError
 
-#: Registers each value type spans.
-REGISTER_COUNTS: Mapping[str, int] = {
+# Registers each value type spans.
+_REGISTER_COUNTS: Mapping[str, int] = {
     "u16": 1,
     "s16": 1,
     "u32": 2,
@@ -53,19 +53,7 @@ REGISTER_COUNTS: Mapping[str, int] = {
     "float32": 2,
     "float64": 4,
 }
-#: Fields of one value a site file may replace (see ``Profile.with_overrides``).
-OVERRIDE_KEYS = (
-    "address",
-    "type",
-    "function",
-    "scale",
-    "word_order",
-    "byte_order",
-    "unit",
-    "rollover_at",
-    "max_rate_per_h",
-)
-MODBUS_MAX_READ = 125  # registers in one function 03/04 request (Modbus spec)
+_MODBUS_MAX_READ = 125  # registers in one function 03/04 request (Modbus spec)
 _ADDRESS_LIMIT = 0x10000
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
@@ -86,7 +74,7 @@ class Part:
     @property
     def count(self) -> int:
         """Registers this part spans."""
-        return REGISTER_COUNTS[self.type]
+        return _REGISTER_COUNTS[self.type]
 
 
 @dataclass(frozen=True)
@@ -257,8 +245,8 @@ def _address(value: int) -> int:
 
 
 def _max_registers(value: int) -> int:
-    if not 1 <= value <= MODBUS_MAX_READ:
-        raise ValueError(f"is not a register count for one read (1–{MODBUS_MAX_READ})")
+    if not 1 <= value <= _MODBUS_MAX_READ:
+        raise ValueError(f"is not a register count for one read (1–{_MODBUS_MAX_READ})")
     return value
 
 
@@ -286,23 +274,23 @@ def _value_name(value: str) -> str:
     return value
 
 
-ValueType = Annotated[str, _one_of("a value type", REGISTER_COUNTS)]
-WordOrder = Annotated[
+_ValueType = Annotated[str, _one_of("a value type", _REGISTER_COUNTS)]
+_WordOrder = Annotated[
     str,
     _one_of("a word order", ("big", "little"), "big = high word first (ABCD), little = CDAB"),
 ]
-ByteOrder = Annotated[
+_ByteOrder = Annotated[
     str,
     _one_of("a byte order", ("big", "little"), "big, little = bytes swapped in each register"),
 ]
-Function = Annotated[
+_Function = Annotated[
     StrictInt, _one_of("a register function", (3, 4), "3 = holding, 4 = input registers")
 ]
-Kind = Annotated[str, _one_of("a profile kind", ("meter", "io_module"))]
-Utility = Annotated[str, _one_of("a utility", ("electricity", "water", "gas", "heat"))]
-Address = Annotated[StrictInt, AfterValidator(_address)]
-Scale = Annotated[StrictFloat, AfterValidator(_scale)]
-Positive = Annotated[StrictFloat, AfterValidator(_positive)]
+_Kind = Annotated[str, _one_of("a profile kind", ("meter", "io_module"))]
+_Utility = Annotated[str, _one_of("a utility", ("electricity", "water", "gas", "heat"))]
+_Address = Annotated[StrictInt, AfterValidator(_address)]
+_Scale = Annotated[StrictFloat, AfterValidator(_scale)]
+_Positive = Annotated[StrictFloat, AfterValidator(_positive)]
 
 
 class _Strict(BaseModel):
@@ -313,36 +301,36 @@ class _Strict(BaseModel):
 
 class _Header(_Strict):
     name: str = Field(min_length=1)
-    kind: Kind
-    utility: Utility | None = None
+    kind: _Kind
+    utility: _Utility | None = None
     max_registers: Annotated[StrictInt, AfterValidator(_max_registers)] | None = None
     max_gap: Annotated[StrictInt, AfterValidator(_non_negative)] | None = None
-    function: Function | None = None
-    word_order: WordOrder | None = None
-    byte_order: ByteOrder | None = None
+    function: _Function | None = None
+    word_order: _WordOrder | None = None
+    byte_order: _ByteOrder | None = None
 
 
 class _PartModel(_Strict):
-    address: Address
-    type: ValueType
-    scale: Scale = 1.0
-    word_order: WordOrder | None = None
-    byte_order: ByteOrder | None = None
+    address: _Address
+    type: _ValueType
+    scale: _Scale = 1.0
+    word_order: _WordOrder | None = None
+    byte_order: _ByteOrder | None = None
 
 
 class _ValueModel(_Strict):
     name: Annotated[str, AfterValidator(_value_name)]
-    address: Address | None = None
-    type: ValueType | None = None
-    scale: Scale | None = None
+    address: _Address | None = None
+    type: _ValueType | None = None
+    scale: _Scale | None = None
     parts: list[_PartModel] | None = Field(default=None, min_length=1)
-    function: Function | None = None
-    word_order: WordOrder | None = None
-    byte_order: ByteOrder | None = None
+    function: _Function | None = None
+    word_order: _WordOrder | None = None
+    byte_order: _ByteOrder | None = None
     unit: str = ""
     counter: StrictBool = False
-    rollover_at: Positive | None = None
-    max_rate_per_h: Positive | None = None
+    rollover_at: _Positive | None = None
+    max_rate_per_h: _Positive | None = None
     label_zh: str | None = None
     label_en: str | None = None
 
@@ -357,7 +345,7 @@ class _ValueModel(_Strict):
             )
         if self.parts is None and (self.address is None or self.type is None):
             raise ValueError("needs address and type, or [[values.parts]]")
-        spans = sorted((p.address, p.address + REGISTER_COUNTS[p.type]) for p in self.parts or [])
+        spans = sorted((p.address, p.address + _REGISTER_COUNTS[p.type]) for p in self.parts or [])
         for (_, end), (address, _) in pairwise(spans):
             if address < end:
                 raise ValueError(f"parts overlap at register 0x{address:04X}")
@@ -365,7 +353,7 @@ class _ValueModel(_Strict):
 
 
 class _BitRange(_Strict):
-    address: Address
+    address: _Address
     count: StrictInt = Field(ge=1, le=2000)
 
 
@@ -381,15 +369,17 @@ class _ProfileFile(_Strict):
 
 
 class _Override(_Strict):
-    address: Address | None = None
-    type: ValueType | None = None
-    function: Function | None = None
-    scale: Scale | None = None
-    word_order: WordOrder | None = None
-    byte_order: ByteOrder | None = None
+    """The fields of one value a site file may replace (``Profile.with_overrides``)."""
+
+    address: _Address | None = None
+    type: _ValueType | None = None
+    function: _Function | None = None
+    scale: _Scale | None = None
+    word_order: _WordOrder | None = None
+    byte_order: _ByteOrder | None = None
     unit: str | None = None
-    rollover_at: Positive | None = None
-    max_rate_per_h: Positive | None = None
+    rollover_at: _Positive | None = None
+    max_rate_per_h: _Positive | None = None
 
 
 # ---- error lines -------------------------------------------------------------
@@ -602,7 +592,7 @@ def _build(data: _ProfileFile, path: Path) -> Profile:
     )
 
 
-def parse_profile(text: str, path: Path) -> Profile:
+def _parse_profile(text: str, path: Path) -> Profile:
     """Validate profile text read from ``path``; raise ConfigError listing every problem."""
     try:
         raw = tomllib.loads(text)
@@ -625,7 +615,7 @@ def load_profile(path: Path) -> Profile:
         raise ConfigError([f"{path}: is not UTF-8 text; save it as UTF-8"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    return parse_profile(text, path)
+    return _parse_profile(text, path)
 
 
 def load_profiles(folder: Path) -> dict[str, Profile]:
@@ -654,7 +644,7 @@ def _override(spec: ValueSpec, fields: Any, where: str) -> tuple[ValueSpec, list
     try:
         change = _Override.model_validate(dict(fields))
     except ValidationError as exc:
-        hint = f"allowed: {', '.join(OVERRIDE_KEYS)}"
+        hint = f"allowed: {', '.join(_Override.model_fields)}"
         return spec, [_describe(error, f"{where}.", hint) for error in exc.errors()]
     refused = [key for key in ("type", "scale") if key in change.model_fields_set]
     if refused and len(spec.parts) > 1:

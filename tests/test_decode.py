@@ -61,6 +61,14 @@ def test_tuf_2000m_profile_reads_cdab() -> None:
 # ---- every type -------------------------------------------------------------------
 
 
+def test_float32_reads_as_the_meter_displays_it() -> None:
+    """Billing sees 12345.67, not the float32's binary expansion 12345.669921875."""
+    for shown in (12345.67, 0.01, 99999.9, 230.2, 1.0e-5, 3.4e38):
+        registers = encode_value(spec("float32"), shown)
+        assert decode_value(spec("float32"), registers) == shown
+    assert decode_value(spec("float32", scale=0.1), encode_value(spec("float32"), 2302.0)) == 230.2
+
+
 @pytest.mark.parametrize(
     ("type_", "registers", "expected"),
     [
@@ -74,7 +82,8 @@ def test_tuf_2000m_profile_reads_cdab() -> None:
         ("u64", [0xFFFF] * 4, 2**64 - 1),
         ("s64", [0xFFFF] * 4, -1),
         ("s64", [0x8000, 0, 0, 0], -(2**63)),
-        ("float32", [0xC366, 0x3334], -230.20001220703125),
+        # float32 decodes to the shortest decimal with the same bits (-230.20001220703125)
+        ("float32", [0xC366, 0x3334], -230.20001),
         ("float64", [0x4009, 0x21FB, 0x5444, 0x2D18], math.pi),
         ("float64", [0xC009, 0x21FB, 0x5444, 0x2D18], -math.pi),
     ],

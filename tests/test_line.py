@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from itertools import pairwise
 
 import pytest
 import serial
@@ -218,7 +219,7 @@ def _gaps(frames: list[WireFrame], before: str, after: str) -> list[float]:
     """Silences between a ``before`` frame and the ``after`` frame that follows it."""
     return [
         nxt.start - prev.end
-        for prev, nxt in zip(frames, frames[1:], strict=False)
+        for prev, nxt in pairwise(frames)
         if prev.direction == before and nxt.direction == after
     ]
 

@@ -245,15 +245,14 @@ class _Wire:
                 commands += data
                 while b"\n" in commands:
                     line, commands = commands.split(b"\n", 1)
-                    reply = self._command(line.decode().strip())
-                    if reply is None:
+                    command = line.decode().strip()
+                    if command == "stop":
                         return
+                    reply = self._command(command)
                     _write_all_blocking(reply_fd, json.dumps(reply).encode() + b"\n")
 
     def _command(self, command: str) -> Any:
-        """Answer one control command; None means stop."""
-        if command == "stop":
-            return None
+        """Answer one control command (a JSON-serialisable value)."""
         if command == "frames":
             return [list(frame) for frame in self.frames]
         if command == "min_gap":

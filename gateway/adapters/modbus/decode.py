@@ -53,12 +53,37 @@ def _codec(type_: str, byte_order: str) -> tuple[struct.Struct, struct.Struct]:
     return registers, struct.Struct(">" + code)
 
 
+_F32 = struct.Struct(">f")
+
+
+def _shortest_float32(raw: float) -> float:
+    """The shortest decimal that is the same float32: what the meter's display shows.
+
+    A float32 of 12345.67 widens to 12345.669921875; billing must see 12345.67,
+    or the bill and the meter's display disagree in a dispute.
+    """
+    if not math.isfinite(raw):
+        return raw
+    for digits in range(6, 10):
+        candidate = float(f"{raw:.{digits}g}")
+        if _F32.unpack(_F32.pack(candidate))[0] == raw:
+            return candidate
+    return raw
+
+
+def _tidy(value: float) -> float:
+    """Drop binary noise from scaling and summing (230.20000000000002 → 230.2)."""
+    return float(f"{value:.12g}") if math.isfinite(value) else value
+
+
 def _decode_part(part: Part, registers: Sequence[int]) -> float | int:
     packer, value = _codec(part.type, part.byte_order)
     if part.word_order == "little":
         registers = registers[::-1]
     raw: float | int = value.unpack(packer.pack(*registers))[0]
-    return raw if part.scale == 1.0 else raw * part.scale
+    if part.type == "float32":
+        raw = _shortest_float32(raw)
+    return raw if part.scale == 1.0 else _tidy(raw * part.scale)
 
 
 def decode_value(spec: ValueSpec, registers: Sequence[int]) -> float | int:
@@ -73,7 +98,7 @@ def decode_value(spec: ValueSpec, registers: Sequence[int]) -> float | int:
     for part in spec.parts:
         offset = part.address - start
         total += _decode_part(part, registers[offset : offset + part.count])
-    return total
+    return _tidy(total) if isinstance(total, float) and len(spec.parts) > 1 else total
 
 
 def decode_block(block: Block, registers: Sequence[int]) -> dict[str, float | int]:
