@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -38,6 +38,7 @@ from pydantic import (
 from gateway.errors import ConfigError
 from gateway.profiles import load_profiles
 from gateway.secrets import SECRET_KEYS, resolve_secret
+from gateway.validation import describe_error, format_loc
 
 Role = Literal["guard", "supervisor", "admin", "central"]
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -67,6 +68,13 @@ def _positive(value: float) -> float:
     return value
 
 
+def _meter_poll(value: float) -> float:
+    if value < 1.0:
+        # a reading's id carries its time to the second (the central API's form)
+        raise ValueError("is too short: a meter is read at most once a second (poll_s >= 1)")
+    return value
+
+
 def _sha256_hex(value: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{64}", value):
         raise ValueError(
@@ -83,6 +91,7 @@ UnitId = Annotated[StrictInt, AfterValidator(_unit_id)]
 TcpPort = Annotated[StrictInt, AfterValidator(_tcp_port)]
 Seconds = Annotated[StrictFloat, AfterValidator(_positive)]
 TokenHash = Annotated[str, AfterValidator(_sha256_hex)]
+MeterPoll = Annotated[StrictFloat, AfterValidator(_meter_poll)]
 
 
 class _Section(BaseModel):
@@ -210,8 +219,7 @@ class Meter(_Section):
     building: str | None = None
     home: str | None = None
     role: Literal["billed", "main"] = "billed"
-    # At least 1 s: a reading's id carries its time to the second (the central API's form).
-    poll_s: Seconds = Field(default=900.0, ge=1.0)
+    poll_s: MeterPoll = 900.0
     # Per value of the profile, fields to replace: {import_kwh = {address = 0x401E}}.
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -323,28 +331,6 @@ class SiteConfig(_Section):
 # ---- loading and error reporting -----------------------------------------
 
 
-def _format_loc(loc: Iterable[int | str]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    return str(value)
-
-
 def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     """Drop pydantic's union-member tags (e.g. 'modbus_rtu') from a key path."""
     return tuple(p for p in loc if not (isinstance(p, str) and p in _LINK_TAGS))
@@ -356,28 +342,17 @@ _LINK_TAGS = frozenset({"modbus_tcp", "rtu_over_tcp", "modbus_rtu"})
 
 def _describe(error: Any, source: str) -> str:
     loc = _clean_loc(tuple(error["loc"]))
-    where = f"{source}: {_format_loc(loc)}"
+    where = f"{source}: {format_loc(loc)}"
     kind = error["type"]
-    if kind == "missing":
-        return f"{where}: required key is missing"
     if kind == "union_tag_not_found":
         return f"{where}.type: required key is missing (modbus_tcp, rtu_over_tcp, modbus_rtu)"
-    if kind == "list_type" and isinstance(error.get("input"), dict):
-        return f"{where}: must be a list of tables — write [[{_format_loc(loc)}]]"
-    if kind == "extra_forbidden":
-        return f"{where}: unknown key (a typo? see docs/config.md)"
-    secret = bool(loc) and str(loc[-1]) in _HIDDEN_KEYS
-    value = "<secret>" if secret else _format_value(error.get("input"))
-    message = str(error["msg"])
-    if kind == "value_error":
-        message = message.removeprefix("Value error, ")
-        if secret:
-            return f"{where}: {message}"
-        return f"{where}: {value} {message}"
     if kind == "union_tag_invalid":
         tag = error.get("ctx", {}).get("tag")
         return f'{where}.type: "{tag}" is not a link type (modbus_tcp, rtu_over_tcp, modbus_rtu)'
-    return f"{where}: {value}: {message[:1].lower()}{message[1:]}"
+    if kind == "list_type" and isinstance(error.get("input"), dict):
+        return f"{where}: must be a list of tables — write [[{format_loc(loc)}]]"
+    hidden = bool(loc) and str(loc[-1]) in _HIDDEN_KEYS
+    return describe_error(error, where, keys_hint="a typo? see docs/config.md", hide_value=hidden)
 
 
 def _cross_checks(config: SiteConfig, source: str) -> list[str]:

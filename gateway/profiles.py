@@ -41,6 +41,7 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError
+from gateway.validation import describe_error, format_loc, format_value
 
 # Registers each value type spans.
 _REGISTER_COUNTS: Mapping[str, int] = {
@@ -385,44 +386,9 @@ class _Override(_Strict):
 # ---- error lines -------------------------------------------------------------
 
 
-def _format_loc(loc: Iterable[int | str]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    return str(value)
-
-
 def _describe(error: Any, prefix: str, keys_hint: str = "see config/profiles/README.md") -> str:
     """One pydantic error as a line; ``prefix`` is "file: " or "where.value."."""
-    where = prefix + _format_loc(error["loc"])
-    kind = error["type"]
-    if kind == "missing":
-        return f"{where}: required key is missing"
-    if kind == "extra_forbidden":
-        return f"{where}: unknown key ({keys_hint})"
-    message = str(error["msg"])
-    value = error.get("input")
-    if kind == "value_error":
-        message = message.removeprefix("Value error, ")
-        if isinstance(value, dict):  # a whole table is wrong: the message says why
-            return f"{where}: {message}"
-        return f"{where}: {_format_value(value)} {message}"
-    return f"{where}: {_format_value(value)}: {message[:1].lower()}{message[1:]}"
+    return describe_error(error, prefix + format_loc(error["loc"]), keys_hint=keys_hint)
 
 
 def _span(spec: ValueSpec) -> str:
@@ -640,7 +606,7 @@ def load_profiles(folder: Path) -> dict[str, Profile]:
 def _override(spec: ValueSpec, fields: Any, where: str) -> tuple[ValueSpec, list[str]]:
     """``spec`` with ``fields`` applied, or the problems found (lines led by ``where``)."""
     if not isinstance(fields, Mapping):
-        return spec, [f"{where}: {_format_value(fields)} must be a table, e.g. {{ address = 0 }}"]
+        return spec, [f"{where}: {format_value(fields)} must be a table, e.g. {{ address = 0 }}"]
     try:
         change = _Override.model_validate(dict(fields))
     except ValidationError as exc:
@@ -649,7 +615,7 @@ def _override(spec: ValueSpec, fields: Any, where: str) -> tuple[ValueSpec, list
     refused = [key for key in ("type", "scale") if key in change.model_fields_set]
     if refused and len(spec.parts) > 1:
         return spec, [
-            f"{where}.{key}: {_format_value(getattr(change, key))} cannot apply to a value "
+            f"{where}.{key}: {format_value(getattr(change, key))} cannot apply to a value "
             "made of parts (which part?); copy the profile instead"
             for key in refused
         ]

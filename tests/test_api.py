@@ -228,3 +228,11 @@ def test_no_token_appears_in_the_journal_or_logs(site: Site) -> None:
     text = Path(site.journal).read_bytes()
     for token in site.tokens.values():
         assert token.encode() not in text
+
+
+def test_nan_in_a_body_is_a_422_not_a_crash(client: httpx.Client, site: Site) -> None:
+    admin = {**site.headers("admin"), "Content-Type": "application/json"}
+    body = b'{"events": [{"kind": "x.y", "payload": {"v": NaN}}], "extra": Infinity}'
+    response = client.post("/api/v1/events", content=body, headers=admin)
+    assert response.status_code == 422
+    assert "Extra inputs" in response.text

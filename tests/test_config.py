@@ -326,7 +326,8 @@ BAD_VALUES = [
     ),
     pytest.param(
         site_text(tcp_link("L1") + meter("M1", more="poll_s = 0.0\n")),
-        "devices.meters[0].poll_s: 0.0 must be greater than 0",
+        "devices.meters[0].poll_s: 0.0 is too short: a meter is read at most once a second "
+        "(poll_s >= 1)",
         id="poll-zero",
     ),
     pytest.param(

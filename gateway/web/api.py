@@ -7,11 +7,13 @@ intake answers only after the events are committed, so a 200 means durable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -92,6 +94,12 @@ def create_api(ctx: ApiContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
             )
         response: Response = await call_next(request)
         return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 with pydantic's reasons, but never a crash on what the client sent
+        (a NaN in a body cannot be echoed back as JSON)."""
+        return JSONResponse({"detail": [_plain_error(e) for e in exc.errors()]}, status_code=422)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
@@ -174,6 +182,18 @@ def create_api(ctx: ApiContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
     for router in routers:
         app.include_router(router)
     return app
+
+
+def _plain_error(error: Mapping[str, Any]) -> dict[str, Any]:
+    plain = {"type": error.get("type"), "loc": list(error.get("loc", ())), "msg": error.get("msg")}
+    value = error.get("input")
+    if (
+        value is None
+        or isinstance(value, str | bool | int)
+        or (isinstance(value, float) and math.isfinite(value))
+    ):
+        plain["input"] = value
+    return plain
 
 
 def _to_event(item: EventIn) -> Event:
