@@ -101,5 +101,6 @@ class Event:
             self.device,
             None if self.device_time is None else to_rfc3339(self.device_time),
             to_rfc3339(self.received_at.astimezone(UTC)),
-            json.dumps(self.payload, ensure_ascii=False, separators=(",", ":")),
+            # allow_nan=False: NaN is not JSON, and a journal row every reader must parse
+            json.dumps(self.payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False),
         )

@@ -236,3 +236,15 @@ def test_nan_in_a_body_is_a_422_not_a_crash(client: httpx.Client, site: Site) ->
     response = client.post("/api/v1/events", content=body, headers=admin)
     assert response.status_code == 422
     assert "Extra inputs" in response.text
+
+
+def test_nan_inside_a_payload_is_refused_not_stored(client: httpx.Client, site: Site) -> None:
+    admin = {**site.headers("admin"), "Content-Type": "application/json"}
+    body = b'{"events": [{"id": "nan-1", "kind": "x.y", "payload": {"v": NaN}}]}'
+    response = client.post("/api/v1/events", content=body, headers=admin)
+    assert response.status_code == 422
+    assert "not storable" in response.text
+    # the journal stays readable as JSON by every reader
+    listed = client.get("/api/v1/events", params={"limit": 1000}, headers=site.headers("guard"))
+    assert listed.status_code == 200
+    assert "nan-1" not in listed.text

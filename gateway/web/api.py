@@ -155,6 +155,8 @@ def create_api(ctx: ApiContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
                 f"{len(events)} events",
                 detail={"kinds": sorted({e.kind for e in events}), "first_id": events[0].id},
             )
+        except ValueError as exc:  # e.g. NaN in a payload: not storable as JSON
+            raise HTTPException(422, f"payload not storable: {exc}") from None
         except JournalClosed:
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
