@@ -11,7 +11,7 @@ same id on every retry and restart.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -62,7 +62,17 @@ def reading_event(
         "source": source,
         "read_at": site_time(read_at, zone),
         "billing_period": billing_period,
-        "readings": [{**asdict(c), "flags": list(c.flags)} for c in counters],
+        "readings": [
+            {
+                "register": c.register,
+                "value": c.value,
+                "unit": c.unit,
+                "quality": c.quality,
+                "flags": list(c.flags),
+                "reading_id": c.reading_id,
+            }
+            for c in counters
+        ],
         "instant": dict(instant),
     }
     if extra:

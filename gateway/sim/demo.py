@@ -1,81 +1,187 @@
-"""``gateway demo``: the gateway on the demo site, nothing to install.
+"""``gateway demo``: the gateway on a simulated slice of the reference site.
 
-The demo site file ships inside the package; each run gets fresh random tokens
-(printed once, never stored in clear) and keeps its journal under ``--data``,
-so a second run continues the same journal.
+Towers B01 and B02 of the reference compound (220 meters and the I/O module
+on the fire panel, two lifts and a sump: ``gateway.sim.meters``) are
+simulated on Modbus TCP ports of 127.0.0.1; the site file for them is
+written into ``--data`` and the gateway runs on it. Household meters are read
+every minute and mains every 10 s (the reference site: 15 min and 1 min), so
+readings show up at once. Each run gets fresh random tokens (printed once,
+never stored in clear) and keeps its journal under ``--data``, so a second run
+continues the same journal. After 30 s one building main goes silent, as a
+guard would see a dead meter; a minute later it answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import tomllib
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 
 from gateway.app import GatewayService, RunSummary
 from gateway.auth import hash_token, new_token
-from gateway.config import SiteConfig, parse_site_config
+from gateway.config import SiteConfig, load_site_config
+from gateway.health import DeviceHealth
 from gateway.journal.queries import count_events
+from gateway.profiles import load_profiles
+from gateway.sim.meters import MeterFleet, SiteLayout, reference_slice, shipped_profiles_dir
+
+DEMO_TOWERS = 2
+HOUSEHOLD_POLL_S = 60.0
+MAIN_POLL_S = 10.0
+FAULT_AT_S = 30.0  # a building main stops answering …
+FAULT_FOR_S = 60.0  # … for this long
+FAULTY_METER = "B02-MAIN"
 
 
-def demo_config(data_dir: Path, port: int) -> tuple[SiteConfig, dict[str, str]]:
-    """The demo site with its journal in ``data_dir`` and fresh tokens per user."""
-    site_file = resources.files("gateway.sim").joinpath("demo-site.toml")
-    config = parse_site_config(site_file.read_text(encoding="utf-8"), Path(str(site_file)))
-    tokens = {user.name: new_token() for user in config.users}
-    users = [
-        user.model_copy(update={"token_sha256": hash_token(tokens[user.name])})
-        for user in config.users
-    ]
-    journal = config.journal.model_copy(update={"path": data_dir.resolve() / "journal.db"})
-    api = config.api.model_copy(update={"port": port})
-    updated = config.model_copy(update={"users": users, "journal": journal, "api": api})
-    updated._source = config.source
-    return updated, tokens
+def demo_layout() -> SiteLayout:
+    return reference_slice(
+        DEMO_TOWERS,
+        household_poll_s=HOUSEHOLD_POLL_S,
+        main_poll_s=MAIN_POLL_S,
+        site_id="yiyuan-demo",
+        name="颐园世家（演示）",
+        name_en="Yiyuan Shijia (demo)",
+    )
 
 
-def _print_welcome(config: SiteConfig, url: str, tokens: dict[str, str]) -> None:
+def write_demo_site(
+    data_dir: Path, port: int, layout: SiteLayout, ports: dict[str, int], profiles_dir: Path
+) -> tuple[Path, dict[str, str]]:
+    """Write ``data_dir/demo-site.toml`` with fresh tokens; returns it and the tokens."""
+    base = resources.files("gateway.sim").joinpath("demo-site.toml").read_text(encoding="utf-8")
+    tokens: dict[str, str] = {}
+    for user in tomllib.loads(base).get("users", []):
+        tokens[user["name"]] = token = new_token()
+        base = base.replace(f'"{user["token_sha256"]}"', f'"{hash_token(token)}"', 1)
+    extra = f'{base.rstrip()}\n\n[api]\nhost = "127.0.0.1"\nport = {port}\n'
+    path = data_dir.resolve() / "demo-site.toml"
+    path.write_text(layout.site_toml(ports, profiles_dir=profiles_dir, extra=extra), "utf-8")
+    return path, tokens
+
+
+def _print_welcome(config: SiteConfig, url: str, tokens: dict[str, str], fleet: MeterFleet) -> None:
+    d = config.devices
     print(f"\nSite Gateway demo — {config.site.name} / {config.site.name_en}")
     print(f"  API (OpenAPI docs):      {url}/docs")
     print(f"  health:                  {url}/healthz")
     print(f"  metrics:                 {url}/metrics   (needs a token)")
     print(f"  journal:                 {config.journal.path}")
+    print(f"  site file:               {config.source}")
+    print(
+        f"  simulated devices:       {len(d.meters)} meters, {len(d.io_modules)} I/O module "
+        f"on {len(config.links)} Modbus TCP links at {fleet.host} "
+        f"(started in {fleet.started_in_s:.2f} s)"
+    )
     for name, token in tokens.items():
         print(f"  token for {name:<11} {token}")
     print("  Ctrl-C stops.\n", flush=True)
 
 
-def _print_summary(config: SiteConfig, summary: RunSummary, total: int) -> None:
-    parts = ", ".join(f"{name} {h.state.value}" for name, h in summary.parts.items())
-    devices = len(config.device_ids())
-    print(f"\nSite Gateway demo — summary ({summary.seconds:.0f} s)")
-    print(f"  events ingested: {summary.events_this_run} this run, {total} in the journal")
-    print(f"  parts:           {parts}")
-    print(f"  devices:         {devices} configured")
-    print("  alarms:          none raised (no alarm rules in this build)")
-    print(f"  sync:            {'configured' if config.sync else 'not configured'}")
+async def _scenario(fleet: MeterFleet, layout: SiteLayout) -> None:
+    """The demo's script: one building main goes silent for a while."""
+    victim = next(m for m in layout.meters if m.id == FAULTY_METER)
+    await asyncio.sleep(FAULT_AT_S)
+    await asyncio.to_thread(fleet.silence, victim.link, victim.unit)
+    print(
+        f"  [{FAULT_AT_S:.0f} s] simulated fault: meter {victim.id} stopped answering; "
+        "it turns degraded, then offline (device.health events)",
+        flush=True,
+    )
+    await asyncio.sleep(FAULT_FOR_S)
+    await asyncio.to_thread(fleet.heal, victim.link, victim.unit)
+    print(
+        f"  [{FAULT_AT_S + FAULT_FOR_S:.0f} s] meter {victim.id} answers again "
+        "(seen at the gateway's next retry of an offline device)",
+        flush=True,
+    )
+    await asyncio.Event().wait()  # a part runs until cancelled
 
 
 def run_demo(*, duration: float | None, port: int, data_dir: Path) -> int:
     """Run the demo until Ctrl-C, or for ``duration`` seconds; print a summary."""
-    config, tokens = demo_config(data_dir, port)
+    profiles_dir = shipped_profiles_dir()
+    layout = demo_layout()
+    fleet = MeterFleet.for_layout(layout, load_profiles(profiles_dir))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fleet.start()
+    try:
+        site_file, tokens = write_demo_site(data_dir, port, layout, fleet.ports(), profiles_dir)
+        config = load_site_config(site_file)
+        seq_before = _last_seq(config.journal.path)
 
-    async def main() -> RunSummary:
-        service = GatewayService(config, on_ready=lambda url: _print_welcome(config, url, tokens))
-        if duration is not None:
-            asyncio.get_running_loop().call_later(duration, service.stop.set)
-        return await service.run()
+        async def main() -> tuple[RunSummary, list[DeviceHealth]]:
+            service = GatewayService(
+                config,
+                on_ready=lambda url: _print_welcome(config, url, tokens, fleet),
+                extra_parts=[("simulator", lambda: _scenario(fleet, layout))],
+            )
+            if duration is not None:
+                asyncio.get_running_loop().call_later(duration, service.stop.set)
+            summary = await service.run()
+            return summary, service.modbus.devices() if service.modbus else []
 
-    summary = asyncio.run(main())
-    total = _count(config.journal.path)
-    _print_summary(config, summary, total)
+        summary, devices = asyncio.run(main())
+        requests = fleet.requests()
+    finally:
+        fleet.stop()
+    total, this_run, readings = _count(config.journal.path, seq_before)
+    _print_summary(config, summary, (this_run, total), readings, devices, requests)
     return 0
 
 
-def _count(path: Path) -> int:
-    import sqlite3
+def _print_summary(
+    config: SiteConfig,
+    summary: RunSummary,
+    events: tuple[int, int],
+    readings: int,
+    devices: list[DeviceHealth],
+    requests: int,
+) -> None:
+    parts = ", ".join(f"{name} {h.state.value}" for name, h in summary.parts.items())
+    states = Counter(device.state.value for device in devices)
+    unpolled = f" ({states['unknown']} not polled yet)" if states["unknown"] else ""
+    print(f"\nSite Gateway demo — summary ({summary.seconds:.0f} s)")
+    print(f"  events ingested: {events[0]} this run, {events[1]} in the journal")
+    print(f"  parts:           {parts}")
+    print(f"  devices:         {len(config.device_ids())} configured")
+    print(
+        "  devices online/degraded/offline: "
+        f"{states['online']}/{states['degraded']}/{states['offline']}{unpolled}"
+    )
+    print(f"  meter readings:  {readings} this run")
+    print(f"  simulator:       {requests} Modbus requests answered or ignored")
+    print("  alarms:          none raised (no alarm rules in this build)")
+    print(f"  sync:            {'configured' if config.sync else 'not configured'}")
 
+
+def _last_seq(path: Path) -> int:
+    """The journal's last event sequence number (0 if there is no journal yet)."""
+    if not path.exists():
+        return 0
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return count_events(conn)
+        return int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+    except sqlite3.OperationalError:  # a journal file without tables yet
+        return 0
+    finally:
+        conn.close()
+
+
+def _count(path: Path, after_seq: int) -> tuple[int, int, int]:
+    """(events in the journal, events after ``after_seq``, meter readings after it).
+
+    Counted in the journal: ``RunSummary.events_this_run`` leaves out what the
+    meter book writes itself (readings go in with their baselines).
+    """
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        this_run, readings = conn.execute(
+            "SELECT count(*), coalesce(sum(kind = 'meter.reading'), 0) FROM events WHERE seq > ?",
+            (after_seq,),
+        ).fetchone()
+        return count_events(conn), int(this_run), int(readings)
     finally:
         conn.close()
