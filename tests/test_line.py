@@ -18,13 +18,9 @@ from itertools import pairwise
 import pytest
 import serial
 from pymodbus.client import ModbusSerialClient
-from pymodbus.framer import FramerType
-from pymodbus.server import ModbusSerialServer
-from pymodbus.server.base import ModbusBaseServer
-from pymodbus.simulator import SimDevice
 
 from gateway.sim.line import LineEmulator, WireFrame, theoretical_cycle_s
-from tests.harness.modbus import _ThreadedModbusServer
+from tests.harness.modbus import RtuServerOnPath
 
 log = logging.getLogger(__name__)
 
@@ -206,20 +202,6 @@ def test_lifecycle() -> None:
 # -- a real Modbus RTU exchange -------------------------------------------------
 
 
-class _RtuServerOnPath(_ThreadedModbusServer):
-    """The harness' pymodbus RTU server, but on a given tty path (one end of the emulator)."""
-
-    def __init__(self, path: str, baudrate: int) -> None:
-        super().__init__(units=(1,), size=10, ignore_missing_units=False)
-        self.path = path
-        self.baudrate = baudrate
-
-    def _create_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
-        return ModbusSerialServer(
-            devices, framer=FramerType.RTU, port=self.path, baudrate=self.baudrate
-        )
-
-
 def _gaps(frames: list[WireFrame], before: str, after: str) -> list[float]:
     """Silences between a ``before`` frame and the ``after`` frame that follows it."""
     return [
@@ -239,7 +221,7 @@ def test_modbus_rtu_reads_at_wire_speed(
     """
     reads = 20
     with ExitStack() as stack:
-        server = stack.enter_context(_RtuServerOnPath(line.path_b, 9600))
+        server = stack.enter_context(RtuServerOnPath(line.path_b, 9600))
         server.set_holding_registers(1, 0, [1234, 5678])
         client = ModbusSerialClient(port=line.path_a, baudrate=9600, timeout=1, retries=0)
         stack.callback(client.close)

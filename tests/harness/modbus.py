@@ -341,6 +341,22 @@ class ModbusRtuServer(_ThreadedModbusServer):
         )
 
 
+class RtuServerOnPath(_ThreadedModbusServer):
+    """The harness' pymodbus RTU server, but on a given tty path (one end of the emulator)."""
+
+    def __init__(
+        self, path: str, baudrate: int, *, units: Iterable[int] = (1,), size: int = 10
+    ) -> None:
+        super().__init__(units=units, size=size, ignore_missing_units=False)
+        self.path = path
+        self.baudrate = baudrate
+
+    def _create_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
+        return ModbusSerialServer(
+            devices, framer=FramerType.RTU, port=self.path, baudrate=self.baudrate
+        )
+
+
 @pytest.fixture
 def modbus_server() -> Iterator[ModbusTcpServer]:
     """A Modbus TCP server simulating units 1 and 2 on a free port of 127.0.0.1."""
