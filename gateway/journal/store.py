@@ -186,6 +186,7 @@ class Journal:
         self._stopping = False
         self._writer_idle = False
         self._closed = False
+        self._last_seq = self._max_seq()
         self.events_committed = 0
         self.commit_failures = 0
         self._readers: list[sqlite3.Connection] = []
@@ -325,10 +326,17 @@ class Journal:
             )
             return JournalWriteError(f"journal {self.path}: commit failed: {exc}")
         elapsed = time.perf_counter() - started
-        self.events_committed += len(rows)
+        # Count what was stored, including events inserted by write() operations
+        # (meter readings) and not counting ids that were already there.
+        last_seq = self._max_seq()
+        stored, self._last_seq = last_seq - self._last_seq, last_seq
+        self.events_committed += stored
         if self._on_commit is not None:
-            self._on_commit(len(rows), elapsed)
+            self._on_commit(stored, elapsed)
         return None
+
+    def _max_seq(self) -> int:
+        return int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
 
     @staticmethod
     def _run_op(conn: sqlite3.Connection, op: _Op) -> None:
