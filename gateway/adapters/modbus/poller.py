@@ -99,8 +99,14 @@ class LinkPoller:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
         try:
             while True:
+                # Python 3.11's wait_for (in pymodbus and here) can swallow a
+                # cancel that lands as an answer arrives; the request stays
+                # recorded on the task, so honour it here.
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError
                 device = self._most_urgent()
                 wait = device.due - loop.time()
                 if wait > 0:
