@@ -37,7 +37,10 @@ pytest: $(STAMP) system-packages
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest.py --producers 2000
+	$(BIN)/python bench/modbus_poll.py
+	$(BIN)/python bench/rtu_bus.py
+	$(BIN)/python bench/site_load.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
