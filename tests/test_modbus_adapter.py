@@ -259,3 +259,84 @@ def test_output_switch_needs_a_supervisor_and_is_audited(tmp_path: Path) -> None
                     assert entry["reason"] == "测试声光报警器"
 
         asyncio.run(main())
+
+
+class RtuOverTcpServer(ModbusTcpServer):
+    """A serial device server (串口服务器): RTU frames, CRC and all, inside TCP."""
+
+    def _create_server(self, devices: list[Any]) -> Any:
+        from pymodbus.framer import FramerType
+        from pymodbus.server import ModbusTcpServer as PymodbusTcpServer
+
+        return PymodbusTcpServer(devices, address=(self.host, self.port), framer=FramerType.RTU)
+
+
+def test_rtu_over_tcp_link_reads_through_a_device_server(tmp_path: Path) -> None:
+    with RtuOverTcpServer(units=(1,), size=400) as server:
+        put(server, 1, {"import_kwh": 777.25, "voltage": 231.5})
+        site = site_for(tmp_path, server.port, devices=METER.format(id="M1", unit=1, poll=1))
+        site.path.write_text(
+            site.path.read_text().replace('type = "modbus_tcp"', 'type = "rtu_over_tcp"')
+        )
+
+        async def main() -> None:
+            async with running(site):
+                await until(lambda: events(site, "meter.reading", "M1"))
+
+        asyncio.run(main())
+    [reading] = events(site, "meter.reading", "M1")[:1]
+    assert reading["instant"]["voltage"] == 231.5
+    assert {r["register"]: r["value"] for r in reading["readings"]}["import_kwh"] == 777.25
+
+
+def test_main_meters_are_polled_before_household_meters_when_both_are_due() -> None:
+    from gateway.adapters.modbus.poller import (
+        PRIORITY_BILLED,
+        PRIORITY_IO,
+        PRIORITY_MAIN,
+        LinkPoller,
+        Polled,
+    )
+    from gateway.health import DeviceHealth
+
+    async def main() -> list[str]:
+        now = asyncio.get_running_loop().time()
+        devices = [
+            Polled("HOME-1", 1, 900, PRIORITY_BILLED, DeviceHealth("HOME-1", "meter"), due=now - 5),
+            Polled("MAIN-1", 2, 60, PRIORITY_MAIN, DeviceHealth("MAIN-1", "meter"), due=now - 1),
+            Polled("IO-1", 3, 0.25, PRIORITY_IO, DeviceHealth("IO-1", "io_module"), due=now),
+            Polled(
+                "HOME-2", 4, 900, PRIORITY_BILLED, DeviceHealth("HOME-2", "meter"), due=now + 60
+            ),
+        ]
+        poller = LinkPoller(None, devices, book=None, journal=None, clock=None)  # type: ignore[arg-type]
+        order = []
+        for _ in range(3):
+            device = poller._most_urgent()
+            order.append(device.id)
+            device.due = now + 1000
+        return order
+
+    assert asyncio.run(main()) == ["IO-1", "MAIN-1", "HOME-1"]
+
+
+def test_offline_devices_are_retried_at_growing_intervals() -> None:
+    from datetime import UTC, datetime
+
+    from gateway.adapters.modbus.poller import PRIORITY_BILLED, Polled
+    from gateway.health import DeviceHealth
+
+    device = Polled("M", 1, 60, PRIORITY_BILLED, DeviceHealth("M", "meter", offline_after=3))
+    assert device.next_delay() == 60
+    now = datetime.now(UTC)
+    device.health.failure("timeout", "no answer", now)
+    assert device.next_delay() == 10  # degraded: try again soon
+    device.health.failure("timeout", "no answer", now)
+    device.health.failure("timeout", "no answer", now)
+    delays = []
+    for polls in range(8):
+        device.offline_polls = polls
+        delays.append(device.next_delay())
+    assert delays == [60, 120, 240, 480, 960, 1800, 1800, 1800]
+    device.health.success(now)
+    assert device.next_delay() == 60
