@@ -89,7 +89,11 @@ class GatewayService:
         self.journal: Journal | None = None
         self._extra_parts = extra_parts
         self._on_ready = on_ready
-        self.metrics = GatewayMetrics(lambda: self.journal, self.supervisor.health)
+        self.metrics = GatewayMetrics(
+            lambda: self.journal,
+            self.supervisor.health,
+            lambda: self.modbus.devices() if self.modbus else [],
+        )
         self.stop = asyncio.Event()
 
     async def run(self) -> RunSummary:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.health import DeviceHealth
 from gateway.journal.store import Journal
 from gateway.supervisor import PartHealth, PartState
 
@@ -21,10 +22,14 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class _StateCollector(Collector):
     def __init__(
-        self, journal: Callable[[], Journal | None], parts: Callable[[], dict[str, PartHealth]]
+        self,
+        journal: Callable[[], Journal | None],
+        parts: Callable[[], dict[str, PartHealth]],
+        devices: Callable[[], list[DeviceHealth]],
     ) -> None:
         self._journal = journal
         self._parts = parts
+        self._devices = devices
 
     def collect(self) -> Iterator[Metric]:
         journal = self._journal()
@@ -58,13 +63,38 @@ class _StateCollector(Collector):
             restarts.add_metric([name], health.restarts)
         yield states
         yield restarts
+        yield from self._device_metrics()
+
+    def _device_metrics(self) -> Iterator[Metric]:
+        by_state = GaugeMetricFamily(
+            "gateway_devices", "Polled devices by kind and state", labels=["kind", "state"]
+        )
+        failures = CounterMetricFamily(
+            "gateway_device_failures",
+            "Failed polls by device and kind of failure (only devices that ever failed)",
+            labels=["device", "failure"],
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for device in self._devices():
+            key = (device.kind, device.state.value)
+            counts[key] = counts.get(key, 0) + 1
+            for failure, n in device.counters.items():
+                if failure != "ok":
+                    failures.add_metric([device.device, failure], n)
+        for (kind, state), n in sorted(counts.items()):
+            by_state.add_metric([kind, state], n)
+        yield by_state
+        yield failures
 
 
 class GatewayMetrics:
     """The gateway's metric registry (one per service, so tests stay independent)."""
 
     def __init__(
-        self, journal: Callable[[], Journal | None], parts: Callable[[], dict[str, PartHealth]]
+        self,
+        journal: Callable[[], Journal | None],
+        parts: Callable[[], dict[str, PartHealth]],
+        devices: Callable[[], list[DeviceHealth]] = list,
     ) -> None:
         self.registry = CollectorRegistry()
         self._commit_seconds = Histogram(
@@ -73,7 +103,7 @@ class GatewayMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(journal, parts))
+        self.registry.register(_StateCollector(journal, parts, devices))
 
     def on_commit(self, events: int, seconds: float) -> None:
         """The journal's commit hook."""

@@ -190,8 +190,11 @@ def test_exception_answers_and_silence_are_counted_and_logged_once(
                 )
                 await asyncio.sleep(0.5)
                 assert service.modbus is not None
+                nonlocal site_metrics
+                site_metrics = service.metrics.render().decode()
                 return {d.device: d for d in service.modbus.devices()}
 
+        site_metrics = ""
         health = asyncio.run(main())
     gone = health["GONE"]
     assert gone.state.value == "offline"
@@ -203,6 +206,9 @@ def test_exception_answers_and_silence_are_counted_and_logged_once(
     assert len(offline_lines) == 1
     assert health["LIVE"].state.value == "online"
     assert health["LIVE"].counters["ok"] >= 2
+    metrics = site_metrics
+    assert 'gateway_devices{kind="meter",state="offline"} 1.0' in metrics
+    assert 'gateway_device_failures_total{device="GONE",failure="exception_11"}' in metrics
 
 
 def test_a_silent_meter_times_out_without_starving_the_bus(tmp_path: Path) -> None:
