@@ -9,6 +9,7 @@ import itertools
 import os
 import select
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,3 +159,29 @@ def test_a_good_answer_after_garbage_is_read() -> None:
                 await link.close()
 
         assert asyncio.run(main()) == [0x4366, 0x3334]  # the check frame: 230.2 V
+
+
+@pytest.mark.parametrize(
+    ("delay", "ok"), [(0.2, True), (0.45, False)], ids=["just-under-timeout", "just-over-timeout"]
+)
+def test_answers_near_the_timeout(delay: float, ok: bool) -> None:
+    answer = frame(b"\x01\x04\x04\x43\x66\x33\x34")
+
+    def slow(request: bytes) -> bytes:
+        time.sleep(delay)
+        return answer
+
+    with fake_device(slow) as pty:
+
+        async def main() -> None:
+            link = serial_link(pty.slave_path, timeout_s=0.3)
+            try:
+                if ok:
+                    assert await link.read(1, 4, 0, 2) == [0x4366, 0x3334]
+                else:
+                    with pytest.raises(NoAnswer):
+                        await link.read(1, 4, 0, 2)
+            finally:
+                await link.close()
+
+        asyncio.run(main())
