@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -24,6 +24,7 @@ from gateway.auth import Principal
 from gateway.clock import utc_now
 from gateway.commands import CommandFailed, OutputCommands
 from gateway.config import SiteConfig
+from gateway.events import Event
 from gateway.health import DeviceHealth
 from gateway.journal.queries import EventFilter, query_events
 from gateway.journal.store import Journal
@@ -133,6 +134,24 @@ def create_meter_router(
             headers={"Content-Disposition": f'attachment; filename="period-close-{period}.csv"'},
         )
 
+    async def audited_entry(
+        entry: Awaitable[Event],
+        who: Principal,
+        action: str,
+        meter: str,
+        reason: str,
+        detail: dict[str, Any],
+    ) -> Event:
+        """A supervisor's entry in the meter book: 422 if refused, audited if taken."""
+        try:
+            event = await entry
+        except (UnknownMeter, InvalidReading) as exc:
+            raise HTTPException(422, str(exc).strip("'\"")) from None
+        await record_audit(
+            journal, who, action, meter, reason=reason, detail={**detail, "event_id": event.id}
+        )
+        return event
+
     @router.post("/meters/{meter}/manual-readings", tags=["meters"])
     async def manual_reading(
         meter: str,
@@ -140,33 +159,17 @@ def create_meter_router(
         who: Principal = Depends(require("readings.edit")),  # noqa: B008
     ) -> dict[str, Any]:
         """A supervisor's reading of a broken meter; audited, ``source: manual``."""
-        b = the_book()
-        read_at = body.read_at or utc_now()
-        try:
-            event = await b.enter_manual(
-                meter,
-                body.register_,
-                body.value,
-                read_at,
-                entered_by=who.name,
-                reason=body.reason,
-                photo_ref=body.photo_ref,
-            )
-        except (UnknownMeter, InvalidReading) as exc:
-            raise HTTPException(422, str(exc).strip("'\"")) from None
-        await record_audit(
-            journal,
-            who,
-            "meter.manual_reading",
+        entry = the_book().enter_manual(
             meter,
+            body.register_,
+            body.value,
+            body.read_at or utc_now(),
+            entered_by=who.name,
             reason=body.reason,
-            detail={
-                "register": body.register_,
-                "value": body.value,
-                "event_id": event.id,
-                "photo_ref": body.photo_ref,
-            },
+            photo_ref=body.photo_ref,
         )
+        detail = {"register": body.register_, "value": body.value, "photo_ref": body.photo_ref}
+        event = await audited_entry(entry, who, "meter.manual_reading", meter, body.reason, detail)
         return {"event_id": event.id, "reading": event.payload["readings"][0]}
 
     @router.post("/meters/{meter}/replacements", tags=["meters"])
@@ -176,32 +179,21 @@ def create_meter_router(
         who: Principal = Depends(require("readings.edit")),  # noqa: B008
     ) -> dict[str, Any]:
         """A meter swapped for a new one; its next reading starts from ``new_initial``."""
-        b = the_book()
-        try:
-            event = await b.enter_replacement(
-                meter,
-                body.register_,
-                body.old_final,
-                body.new_initial,
-                body.at or utc_now(),
-                entered_by=who.name,
-                reason=body.reason,
-            )
-        except (UnknownMeter, InvalidReading) as exc:
-            raise HTTPException(422, str(exc).strip("'\"")) from None
-        await record_audit(
-            journal,
-            who,
-            "meter.replacement",
+        entry = the_book().enter_replacement(
             meter,
+            body.register_,
+            body.old_final,
+            body.new_initial,
+            body.at or utc_now(),
+            entered_by=who.name,
             reason=body.reason,
-            detail={
-                "register": body.register_,
-                "old_final": body.old_final,
-                "new_initial": body.new_initial,
-                "event_id": event.id,
-            },
         )
+        detail = {
+            "register": body.register_,
+            "old_final": body.old_final,
+            "new_initial": body.new_initial,
+        }
+        event = await audited_entry(entry, who, "meter.replacement", meter, body.reason, detail)
         return {"event_id": event.id}
 
     @router.post("/io/{device}/outputs/{output}", tags=["devices"])
