@@ -26,11 +26,14 @@ from gateway.clock import Clock
 from gateway.config import SiteConfig
 from gateway.errors import GatewayError, JournalClosed, JournalError
 from gateway.events import Event
+from gateway.health import DeviceHealth
 from gateway.journal.store import Journal
 from gateway.metrics import GatewayMetrics
 from gateway.supervisor import PartFactory, PartHealth, Supervisor
+from gateway.sync.side import SyncSide
 from gateway.web.api import ApiContext, create_api
 from gateway.web.meters import create_meter_router
+from gateway.web.sync import create_sync_router
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ class GatewayService:
         self.config = config
         self.clock = clock or Clock()
         self.modbus: ModbusSide | None = None
+        self.sync: SyncSide | None = None
         self.supervisor = Supervisor()
         self.journal: Journal | None = None
         self._extra_parts = extra_parts
@@ -92,9 +96,13 @@ class GatewayService:
         self.metrics = GatewayMetrics(
             lambda: self.journal,
             self.supervisor.health,
-            lambda: self.modbus.devices() if self.modbus else [],
+            self._devices,
+            lambda: self.sync,
         )
         self.stop = asyncio.Event()
+
+    def _devices(self) -> list[DeviceHealth]:
+        return self.modbus.devices() if self.modbus else []
 
     async def run(self) -> RunSummary:
         """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
@@ -117,6 +125,10 @@ class GatewayService:
             self.modbus = await ModbusSide.build(cfg, journal, self.clock)
             for name, factory in self.modbus.parts():
                 self.supervisor.add(name, factory)
+        if cfg.sync is not None:
+            self.sync = SyncSide(cfg.sync, cfg.site.id, journal, self.clock, self._devices)
+            for name, factory in self.sync.parts():
+                self.supervisor.add(name, factory)
         api = create_api(
             ApiContext(
                 site_id=cfg.site.id,
@@ -132,7 +144,8 @@ class GatewayService:
                     self.modbus.book if self.modbus else None,
                     self.modbus.devices if self.modbus else list,
                     self.modbus.outputs if self.modbus else None,
-                )
+                ),
+                create_sync_router(journal, self.sync),
             ],
         )
         self.supervisor.add("api", lambda: _serve_api(api, sock))
@@ -153,6 +166,8 @@ class GatewayService:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             sock.close()
+            if self.sync is not None:
+                await self.sync.close()
             await journal.close()  # no-op after a normal stop; drains after a failure
         return RunSummary(
             time.monotonic() - started, journal.events_committed, self.supervisor.health()

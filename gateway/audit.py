@@ -26,25 +26,36 @@ async def record_audit(
     detail: Mapping[str, Any] | None = None,
 ) -> int:
     """Write one audit row (durable on return); returns its sequence number."""
-    row = (
-        to_rfc3339(utc_now()),
-        who.name,
-        who.role,
-        action,
-        target,
-        reason,
-        json.dumps(dict(detail or {}), ensure_ascii=False),
+    return await journal.write(
+        lambda conn: insert_audit(conn, who, action, target, reason=reason, detail=detail)
     )
 
-    def insert(conn: sqlite3.Connection) -> int:
-        cursor = conn.execute(
-            "INSERT INTO audit (at, who, role, action, target, reason, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            row,
-        )
-        return int(cursor.lastrowid or 0)
 
-    return await journal.write(insert)
+def insert_audit(
+    conn: sqlite3.Connection,
+    who: Principal,
+    action: str,
+    target: str,
+    *,
+    reason: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> int:
+    """Write one audit row inside a ``Journal.write`` operation, so the action and
+    its record commit together (or not at all)."""
+    cursor = conn.execute(
+        "INSERT INTO audit (at, who, role, action, target, reason, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            to_rfc3339(utc_now()),
+            who.name,
+            who.role,
+            action,
+            target,
+            reason,
+            json.dumps(dict(detail or {}), ensure_ascii=False),
+        ),
+    )
+    return int(cursor.lastrowid or 0)
 
 
 def recent_audit(

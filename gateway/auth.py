@@ -29,6 +29,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "billing.export": frozenset({"supervisor", "admin", "central"}),
     "readings.edit": frozenset({"supervisor", "admin"}),
     "outputs.switch": frozenset({"supervisor", "admin"}),
+    "sync.read": frozenset({"guard", "supervisor", "admin", "central"}),
+    "sync.requeue": frozenset({"supervisor", "admin"}),
 }
 """Permission name → roles holding it. Endpoints ask for a permission, never a role."""
 

@@ -292,6 +292,15 @@ class SyncSettings(_HasSecrets):
 
     token: SecretStr
     signing_secret: SecretStr | None = None
+    connect_timeout_s: Seconds = 5.0
+    read_timeout_s: Seconds = 30.0
+    batch_items: StrictInt = Field(default=1000, ge=1, le=1000)
+    backoff_initial_s: Seconds = 1.0
+    backoff_max_s: Seconds = 300.0
+    auth_backoff_s: Seconds = 300.0
+    pull_interval_s: Seconds = 60.0
+    heartbeat_s: Seconds = 60.0
+    backlog_max_mb: StrictInt = Field(default=2048, ge=1)
 
 
 class User(_Section):

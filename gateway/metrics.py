@@ -13,9 +13,11 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.clock import parse_rfc3339
 from gateway.health import DeviceHealth
 from gateway.journal.store import Journal
 from gateway.supervisor import PartHealth, PartState
+from gateway.sync.side import SyncSide
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -87,6 +89,67 @@ class _StateCollector(Collector):
         yield failures
 
 
+class _SyncCollector(Collector):
+    """Sync figures from the sender's and the backlog watch's latest view (no I/O)."""
+
+    def __init__(self, sync: Callable[[], SyncSide | None]) -> None:
+        self._sync = sync
+
+    def collect(self) -> Iterator[Metric]:
+        side = self._sync()
+        if side is None:
+            return
+        now = side.clock.now()
+        backlog = GaugeMetricFamily(
+            "gateway_sync_backlog_items", "Items not yet acknowledged by central", labels=["stream"]
+        )
+        size = GaugeMetricFamily(
+            "gateway_sync_backlog_bytes", "Bytes of queued item bodies", labels=["stream"]
+        )
+        age = GaugeMetricFamily(
+            "gateway_sync_oldest_age_seconds",
+            "Age of the oldest undelivered item",
+            labels=["stream"],
+        )
+        for stream, figures in side.watch.latest.items():
+            backlog.add_metric([stream], figures.items)
+            size.add_metric([stream], figures.bytes)
+            if figures.oldest_queued_at:
+                age.add_metric(
+                    [stream], (now - parse_rfc3339(figures.oldest_queued_at)).total_seconds()
+                )
+        yield from (backlog, size, age)
+        answered = CounterMetricFamily(
+            "gateway_sync_items",
+            "Items central answered for since start, by answer",
+            labels=["stream", "status"],
+        )
+        rate = GaugeMetricFamily(
+            "gateway_sync_items_per_second", "Delivery rate over the last minute", labels=["stream"]
+        )
+        for stream, stats in side.sender.stats.items():
+            for status, n in stats.answered.items():
+                answered.add_metric([stream, status], n)
+            rate.add_metric([stream], stats.items_per_s())
+        yield from (answered, rate)
+        yield GaugeMetricFamily(
+            "gateway_sync_backlog_budget_used_ratio",
+            "Backlog bytes over the configured budget (alarm at 0.8, thinning at 1.0)",
+            value=side.watch.used,
+        )
+        yield GaugeMetricFamily(
+            "gateway_sync_dead_letters",
+            "Refused items awaiting a supervisor",
+            value=side.watch.dead_letters,
+        )
+        state = GaugeMetricFamily(
+            "gateway_sync_state", "1 for the sender's state", labels=["state"]
+        )
+        for name in ("idle", "sending", "retrying", "auth_failed"):
+            state.add_metric([name], 1.0 if side.sender.state == name else 0.0)
+        yield state
+
+
 class GatewayMetrics:
     """The gateway's metric registry (one per service, so tests stay independent)."""
 
@@ -95,6 +158,7 @@ class GatewayMetrics:
         journal: Callable[[], Journal | None],
         parts: Callable[[], dict[str, PartHealth]],
         devices: Callable[[], list[DeviceHealth]] = list,
+        sync: Callable[[], SyncSide | None] = lambda: None,
     ) -> None:
         self.registry = CollectorRegistry()
         self._commit_seconds = Histogram(
@@ -104,6 +168,7 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(journal, parts, devices))
+        self.registry.register(_SyncCollector(sync))
 
     def on_commit(self, events: int, seconds: float) -> None:
         """The journal's commit hook."""

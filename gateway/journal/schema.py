@@ -87,9 +87,91 @@ def _meters(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX period_close_status ON period_close (status, period)")
 
 
+def _sync(conn: sqlite3.Connection) -> None:
+    # What central has not yet acknowledged, one row per item, body exactly as
+    # sent. A row is deleted in the same commit that records central's answer,
+    # so a crash at any point re-sends (central de-duplicates) and never skips.
+    conn.execute(
+        """CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY,          -- send order within a stream
+            stream TEXT NOT NULL,             -- meter-readings | incidents | heartbeat | ...
+            item_id TEXT NOT NULL,            -- reading_id, incident_id: central's idempotency key
+            revision INTEGER NOT NULL DEFAULT 0,
+            body TEXT NOT NULL,               -- the item's JSON
+            bytes INTEGER NOT NULL,
+            keep INTEGER NOT NULL DEFAULT 0,  -- 1: never thinned (period close, incident, record)
+            meter TEXT,                       -- meter readings: for thinning
+            read_at TEXT,                     -- meter readings: RFC 3339 UTC
+            queued_at TEXT NOT NULL,
+            UNIQUE (stream, item_id)
+        )"""
+    )
+    conn.execute("CREATE INDEX outbox_stream ON outbox (stream, seq)")
+    # Items central refused for good (4xx, per-item 'rejected'): kept with the
+    # error until a supervisor re-queues a corrected copy.
+    conn.execute(
+        """CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY,
+            stream TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            keep INTEGER NOT NULL,
+            meter TEXT,
+            read_at TEXT,
+            error TEXT NOT NULL,
+            failed_at TEXT NOT NULL,
+            requeued_at TEXT,
+            requeued_by TEXT
+        )"""
+    )
+    conn.execute("CREATE INDEX dead_letters_open ON dead_letters (requeued_at, id)")
+    conn.execute(
+        """CREATE TABLE sync_streams (
+            stream TEXT PRIMARY KEY,
+            accepted INTEGER NOT NULL DEFAULT 0,
+            duplicate INTEGER NOT NULL DEFAULT 0,
+            stale INTEGER NOT NULL DEFAULT 0,
+            rejected INTEGER NOT NULL DEFAULT 0,
+            thinned INTEGER NOT NULL DEFAULT 0,
+            last_success TEXT,
+            last_error TEXT,
+            last_error_at TEXT
+        )"""
+    )
+    # Positions that must survive a restart: the feeder's event seq, the pull cursors.
+    conn.execute("CREATE TABLE sync_cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    # Period closes central has acknowledged: raw readings inside such a period may be thinned.
+    conn.execute(
+        """CREATE TABLE delivered_closes (
+            meter TEXT NOT NULL, boundary TEXT NOT NULL, PRIMARY KEY (meter, boundary))"""
+    )
+    conn.execute(
+        """CREATE TABLE central_tickets (
+            incident_id TEXT PRIMARY KEY,
+            ticket_no TEXT,
+            state TEXT,                       -- central's latest state of the ticket
+            note TEXT,
+            updated_at TEXT
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE outage_notices (
+            notice_id TEXT PRIMARY KEY,
+            utility TEXT NOT NULL,
+            scope TEXT NOT NULL,              -- JSON list of building ids
+            starts_at TEXT NOT NULL,
+            ends_at TEXT NOT NULL,
+            reason TEXT,
+            received_at TEXT NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events and audit", _initial),
     Migration(2, "meter baselines and period closes", _meters),
+    Migration(3, "sync outbox, dead letters, central tickets and notices", _sync),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -1,0 +1,256 @@
+"""The sync loop: feed the outbox, send batches by stream priority, settle answers.
+
+One loop, one batch in flight: the order of the outbox is the order of
+delivery, and after every batch the highest-priority stream with anything
+queued goes next — so a fire incident waits at most for the batch already on
+the wire. Central is one system: a transient failure (5xx, 429, timeout, a
+reset) backs the whole loop off (capped exponential, jittered, at least
+``Retry-After``) and the same batch goes again; 401/403 raises an alarm event
+and backs off long (no retry storm); a request-level 4xx halves the batch until
+the single item at fault is found and moved to the dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.clock import Clock, to_rfc3339
+from gateway.events import Event, new_event_id
+from gateway.journal.store import Journal, insert_events
+from gateway.sync import outbox
+from gateway.sync.feeder import feed
+from gateway.sync.outbox import PRIORITY, ItemResult, OutboxItem
+from gateway.sync.transport import AuthFailed, Refused, Transient, Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    max_items: int = 1000
+    max_bytes: int = 1_048_576 - 1024  # room for the envelope under central's 1 MiB
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 300.0
+    auth_backoff_s: float = 300.0
+    idle_poll_s: float = 1.0
+
+
+def retry_delay(attempt: int, initial: float, cap: float) -> float:
+    """Capped exponential backoff with jitter in [½, 1] of the step: never a
+    zero wait (no retry storm), never all sites in lockstep."""
+    step = min(cap, initial * float(2 ** min(attempt, 30)))
+    return step * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+
+
+@dataclass
+class StreamStats:
+    """In-memory figures of one stream since start (the durable ones are in sync_streams)."""
+
+    delivered: deque[tuple[float, int]] = field(default_factory=deque)
+    answered: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("accepted", "duplicate", "stale", "rejected"), 0)
+    )
+    last_error: str | None = None
+    last_error_at: str | None = None
+
+    def items_per_s(self, window_s: float = 60.0) -> float:
+        cutoff = time.monotonic() - window_s
+        while self.delivered and self.delivered[0][0] < cutoff:
+            self.delivered.popleft()
+        return sum(n for _, n in self.delivered) / window_s
+
+
+class SyncSender:
+    """Delivers the outbox to central through a Transport (see module docstring)."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        transport: Transport,
+        clock: Clock,
+        settings: SenderSettings | None = None,
+    ) -> None:
+        self.journal = journal
+        self.transport = transport
+        self.clock = clock
+        self.settings = settings or SenderSettings()
+        self.stats: dict[str, StreamStats] = {s: StreamStats() for s in PRIORITY}
+        self.state = "idle"  # idle | sending | retrying | auth_failed
+        self.retry_at: float | None = None  # wall-clock time of the next attempt when backing off
+        self._limit = dict.fromkeys(PRIORITY, self.settings.max_items)
+        self._wake = asyncio.Event()
+        self._failures = 0
+        self._auth_failed = False
+        self._batch_ids: tuple[tuple[int, ...], str] = ((), "")
+
+    def wake(self) -> None:
+        """Something was queued: look now instead of at the next idle poll."""
+        self._wake.set()
+
+    def _now(self) -> str:
+        return to_rfc3339(self.clock.now())
+
+    async def run(self) -> None:
+        while True:
+            await self._feed()
+            stream, batch = await self._next_batch()
+            if not batch:
+                self.state = "idle"
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.idle_poll_s):
+                        await self._wake.wait()
+                continue
+            await self._deliver(stream, batch)
+
+    async def _feed(self) -> None:
+        """Queue readings committed since the last look (all of them, in chunks)."""
+        while await self.journal.write(lambda conn: feed(conn, self._now())) >= 5000:
+            pass
+
+    async def _next_batch(self) -> tuple[str, list[OutboxItem]]:
+        def read(conn: Any) -> tuple[str, list[OutboxItem]]:
+            for stream in PRIORITY:
+                batch = outbox.next_batch(
+                    conn, stream, 0, self._limit[stream], self.settings.max_bytes
+                )
+                if batch:
+                    return stream, batch
+            return "", []
+
+        return await self.journal.query(read)
+
+    def _batch_id(self, batch: list[OutboxItem]) -> str:
+        """The same content keeps its batch id across retries (central's logs)."""
+        seqs = tuple(item.seq for item in batch)
+        if self._batch_ids[0] != seqs:
+            self._batch_ids = (seqs, new_event_id())
+        return self._batch_ids[1]
+
+    async def _deliver(self, stream: str, batch: list[OutboxItem]) -> None:
+        self.state = "sending"
+        try:
+            results = await self.transport.send(stream, self._batch_id(batch), batch)
+            if not results:
+                raise Transient(f"central answered for none of the {len(batch)} items")
+        except Transient as exc:
+            await self._transient(stream, exc)
+        except AuthFailed as exc:
+            await self._auth_failure(stream, exc)
+        except Refused as exc:
+            await self._refused(stream, batch, exc)
+        else:
+            await self._settle(stream, batch, results)
+
+    async def _settle(
+        self, stream: str, batch: list[OutboxItem], results: list[ItemResult]
+    ) -> None:
+        now = self._now()
+        restored = self._auth_failed
+
+        def op(conn: Any) -> dict[str, int]:
+            counts = outbox.settle(conn, stream, batch, results, now)
+            events = []
+            if counts["rejected"]:
+                rejected = [r for r in results if r.status == "rejected"]
+                events.append(_dead_letter_event(stream, rejected))
+            if restored:
+                events.append(Event("sync.auth_restored", None, {"stream": stream}))
+            insert_events(conn, events)
+            return counts
+
+        counts = await self.journal.write(op)
+        self._failures = 0
+        self._auth_failed = False
+        self.retry_at = None
+        self._limit[stream] = min(self.settings.max_items, self._limit[stream] * 2)
+        stats = self.stats[stream]
+        stats.delivered.append((time.monotonic(), len(results)))
+        for status, n in counts.items():
+            stats.answered[status] += n
+        if counts["rejected"]:
+            log.warning(
+                "sync rejected stream=%s items=%d (dead letters)", stream, counts["rejected"]
+            )
+        log.debug("sync delivered stream=%s %s", stream, counts)
+
+    async def _transient(self, stream: str, exc: Transient) -> None:
+        delay = retry_delay(
+            self._failures, self.settings.backoff_initial_s, self.settings.backoff_max_s
+        )
+        if exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        self._failures += 1
+        await self._note_error(stream, str(exc))
+        # One line when trouble starts, then only every 10th attempt: a day of
+        # WAN loss must not fill the log.
+        if self._failures == 1 or self._failures % 10 == 0:
+            log.warning(
+                "sync retrying stream=%s attempt=%d in_s=%.1f error=%s",
+                stream,
+                self._failures,
+                delay,
+                exc,
+            )
+        await self._back_off("retrying", delay)
+
+    async def _auth_failure(self, stream: str, exc: AuthFailed) -> None:
+        await self._note_error(stream, str(exc))
+        if not self._auth_failed:
+            self._auth_failed = True
+            log.error("sync central refused our credentials stream=%s error=%s", stream, exc)
+            await self.journal.submit(
+                Event("sync.auth_failed", None, {"stream": stream, "error": str(exc)})
+            )
+        await self._back_off("auth_failed", self.settings.auth_backoff_s)
+
+    async def _refused(self, stream: str, batch: list[OutboxItem], exc: Refused) -> None:
+        if len(batch) > 1:
+            # Find the item at fault by halving; the good ones go on the way.
+            self._limit[stream] = max(1, len(batch) // 2)
+            log.info(
+                "sync refused stream=%s batch=%d status=%d: halving", stream, len(batch), exc.status
+            )
+            return
+        item = batch[0]
+        now = self._now()
+
+        def op(conn: Any) -> None:
+            outbox.move_to_dead_letters(conn, [(item, str(exc))], now)
+            insert_events(
+                conn, [_dead_letter_event(stream, [ItemResult(item.item_id, "rejected", str(exc))])]
+            )
+
+        await self.journal.write(op)
+        self._limit[stream] = self.settings.max_items
+        log.warning("sync dead letter stream=%s item=%s error=%s", stream, item.item_id, exc)
+
+    async def _note_error(self, stream: str, error: str) -> None:
+        now = self._now()
+        stats = self.stats[stream]
+        stats.last_error, stats.last_error_at = error, now
+        await self.journal.write(lambda conn: outbox.record_error(conn, stream, error, now))
+
+    async def _back_off(self, state: str, delay: float) -> None:
+        self.state = state
+        self.retry_at = time.time() + delay
+        await asyncio.sleep(delay)
+
+
+def _dead_letter_event(stream: str, rejected: list[ItemResult]) -> Event:
+    return Event(
+        "sync.dead_letter",
+        None,
+        {
+            "stream": stream,
+            "count": len(rejected),
+            "items": [{"id": r.item_id, "error": r.error} for r in rejected[:20]],
+        },
+    )
