@@ -276,6 +276,25 @@ class Devices(_Section):
     patrol_wands: list[PatrolWand] = []
 
 
+class MqttUpstream(_HasSecrets):
+    """The central MQTT broker cluster, when ``sync.transport = "mqtt"``."""
+
+    host: str
+    port: TcpPort = 8883
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: StrictBool = True
+    ca_file: Path | None = None
+    client_id: str | None = None
+    keepalive_s: StrictInt = Field(default=30, ge=5, le=3600)
+    ack_timeout_s: Seconds = 10.0
+
+    @field_validator("ca_file")
+    @classmethod
+    def _relative_to_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve_path(value, info)
+
+
 class SyncSettings(_HasSecrets):
     """The central billing and ticket system (../shared/contracts/central-api.md)."""
 
@@ -301,6 +320,7 @@ class SyncSettings(_HasSecrets):
     pull_interval_s: Seconds = 60.0
     heartbeat_s: Seconds = 60.0
     backlog_max_mb: StrictInt = Field(default=2048, ge=1)
+    mqtt: MqttUpstream | None = None
 
 
 class User(_Section):
@@ -430,6 +450,15 @@ def _cross_checks(config: SiteConfig, source: str) -> list[str]:
     plan = config.site.contingency_plan
     if plan is not None and not plan.is_file():
         problems.append(f'{source}: site.contingency_plan: "{plan}" does not exist')
+    sync = config.sync
+    if sync is not None and sync.transport == "mqtt" and sync.mqtt is None:
+        problems.append(
+            f'{source}: sync.transport: "mqtt" needs a [sync.mqtt] table (the central broker)'
+        )
+    if sync is not None and sync.mqtt is not None:
+        ca_file = sync.mqtt.ca_file
+        if ca_file is not None and not ca_file.is_file():
+            problems.append(f'{source}: sync.mqtt.ca_file: "{ca_file}" does not exist')
     return problems
 
 

@@ -126,6 +126,7 @@ def test_the_model_walk_finds_every_table() -> None:
         "[[devices.access_points]]",
         "[[devices.patrol_wands]]",
         "[sync]",
+        "[sync.mqtt]",
         "[[users]]",
     }
     links = next(t for t in site_tables() if t.path == "links")

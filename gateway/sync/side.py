@@ -21,6 +21,7 @@ from gateway.supervisor import PartFactory
 from gateway.sync import outbox
 from gateway.sync.budget import BacklogWatch
 from gateway.sync.http import HttpTransport, heartbeat_body
+from gateway.sync.mqtt import MqttTransport
 from gateway.sync.outbox import HEARTBEAT, INCIDENTS, PRIORITY, NewItem
 from gateway.sync.pulls import CentralPulls
 from gateway.sync.sender import SenderSettings, SyncSender
@@ -64,6 +65,9 @@ class SyncSide:
             connect_timeout_s=settings.connect_timeout_s,
             read_timeout_s=settings.read_timeout_s,
         )
+        if transport is None and settings.transport == "mqtt":
+            assert settings.mqtt is not None  # checked with the site file
+            transport = MqttTransport(settings.mqtt, site_id, fallback=self.http)
         self.sender = SyncSender(
             journal,
             transport or self.http,
@@ -92,9 +96,9 @@ class SyncSide:
         self.sender.wake()
 
     async def close(self) -> None:
-        await self.http.close()
         if self.sender.transport is not self.http:
-            await self.sender.transport.close()
+            await self.sender.transport.close()  # an MQTT transport closes its HTTP fallback
+        await self.http.close()
 
     async def _heartbeats(self) -> None:
         """Queue a heartbeat every interval; only the latest one waits in the outbox."""
