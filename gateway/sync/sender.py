@@ -84,6 +84,7 @@ class SyncSender:
         self.stats: dict[str, StreamStats] = {s: StreamStats() for s in PRIORITY}
         self.state = "idle"  # idle | sending | retrying | auth_failed
         self.retry_at: float | None = None  # wall-clock time of the next attempt when backing off
+        self.last_error: str | None = None  # the latest failure of any stream, for the screen
         self._limit = dict.fromkeys(PRIORITY, self.settings.max_items)
         self._wake = asyncio.Event()
         self._failures = 0
@@ -138,8 +139,9 @@ class SyncSender:
         self.state = "sending"
         try:
             results = await self.transport.send(stream, self._batch_id(batch), batch)
-            if not results:
-                raise Transient(f"central answered for none of the {len(batch)} items")
+            sent = {item.item_id for item in batch}
+            if not any(result.item_id in sent for result in results):
+                raise Transient(f"central's answer names none of the {len(batch)} items sent")
         except Transient as exc:
             await self._transient(stream, exc)
         except AuthFailed as exc:
@@ -236,6 +238,7 @@ class SyncSender:
         now = self._now()
         stats = self.stats[stream]
         stats.last_error, stats.last_error_at = error, now
+        self.last_error = error
         await self.journal.write(lambda conn: outbox.record_error(conn, stream, error, now))
 
     async def _back_off(self, state: str, delay: float) -> None:

@@ -151,6 +151,7 @@ class SyncSide:
             "transport": self.settings.transport,
             "state": self.sender.state if self.settings.enabled else "disabled",
             "retry_at": self.sender.retry_at,
+            "last_error": self.sender.last_error,
             "backlog_level": self.watch.level,
             "backlog_budget_bytes": self.watch.budget_bytes,
             "backlog_used_pct": round(self.watch.used * 100, 1),
