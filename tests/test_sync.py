@@ -27,7 +27,7 @@ from gateway.sync import outbox
 from gateway.sync.http import HttpTransport
 from gateway.sync.outbox import INCIDENTS, METER_READINGS, NewItem
 from gateway.sync.pulls import CentralPulls
-from gateway.sync.receiver import CentralReceiver, Faults
+from gateway.sync.receiver import CentralReceiver
 from gateway.sync.sender import SenderSettings, SyncSender
 from gateway.sync.side import incident_item
 

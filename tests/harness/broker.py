@@ -205,8 +205,12 @@ class Broker:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _mosquitto_setup(broker: Broker, binary: str) -> None:
-    """Write mosquitto's config (and password file) and set the command line."""
+def _mosquitto_setup(broker: Broker, binary: str, persistent: bool = False) -> None:
+    """Write mosquitto's config (and password file) and set the command line.
+
+    ``persistent`` keeps sessions and queued messages across ``restart()``
+    (saved on SIGTERM), as a production broker cluster does.
+    """
     workdir = broker._workdir
     lines = [
         f"listener {broker.port} {broker.host}",
@@ -214,7 +218,11 @@ def _mosquitto_setup(broker: Broker, binary: str) -> None:
         # persistent session beyond this limit (default 1000); 0 = no limit,
         # so a burst a store-and-forward test expects is never lost here.
         "max_queued_messages 0",
-        "persistence false",
+        *(
+            ["persistence true", f"persistence_location {workdir}/"]
+            if persistent
+            else ["persistence false"]
+        ),
         f"log_dest file {workdir / 'mosquitto.log'}",
         "log_type error",
         "log_type warning",
@@ -281,9 +289,11 @@ def run_broker(
     *,
     username: str = DEFAULT_USERNAME,
     password: str = DEFAULT_PASSWORD,
+    persistent: bool = False,
 ) -> Iterator[Broker]:
     """Run a broker of ``kind`` (default: ``default_broker_kind()``) for the ``with`` block.
 
+    ``persistent`` (mosquitto only) keeps sessions across restarts.
     Raises BrokerUnavailable if mosquitto is requested but not installed, and
     BrokerStartError (with the broker's log) if it does not come up.
     """
@@ -303,7 +313,7 @@ def run_broker(
             _workdir=Path(tmp),
         )
         if binary is not None:
-            _mosquitto_setup(broker, binary)
+            _mosquitto_setup(broker, binary, persistent)
         else:
             _amqtt_setup(broker)
         broker.start()
