@@ -54,6 +54,7 @@ class OutboxItem:
     item_id: str
     revision: int
     body: str
+    keep: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,17 +105,17 @@ def next_batch(
     and ``max_bytes`` of bodies (always at least one item, so a single large
     item still goes out and central's 413 can move it to the dead letters)."""
     rows = conn.execute(
-        "SELECT seq, item_id, revision, body, bytes FROM outbox "
+        "SELECT seq, item_id, revision, body, bytes, keep FROM outbox "
         "WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
         (stream, after_seq, max_items),
     ).fetchall()
     batch: list[OutboxItem] = []
     total = 0
-    for seq, item_id, revision, body, size in rows:
+    for seq, item_id, revision, body, size, keep in rows:
         total += size + 1  # the comma between items
         if batch and total > max_bytes:
             break
-        batch.append(OutboxItem(seq, stream, item_id, revision, body))
+        batch.append(OutboxItem(seq, stream, item_id, revision, body, bool(keep)))
     return batch
 
 
@@ -134,6 +135,7 @@ def settle(
     by_id = {item.item_id: item for item in sent}
     counts: dict[str, int] = {"accepted": 0, "duplicate": 0, "stale": 0, "rejected": 0}
     done: list[tuple[int, int]] = []
+    closes: list[tuple[int, int]] = []
     rejected: list[tuple[OutboxItem, str]] = []
     tickets: list[tuple[str, str]] = []
     for result in results:
@@ -145,12 +147,13 @@ def settle(
             rejected.append((item, result.error or "rejected by central (no reason given)"))
         else:
             done.append((item.seq, item.revision))
+            if item.keep and stream == METER_READINGS:
+                closes.append((item.seq, item.revision))
         if result.ticket_no:
             tickets.append((item.item_id, result.ticket_no))
     if rejected:
         move_to_dead_letters(conn, rejected, now)
-    if stream == METER_READINGS:
-        _remember_delivered_closes(conn, done)
+    _remember_delivered_closes(conn, closes)
     conn.executemany("DELETE FROM outbox WHERE seq = ? AND revision = ?", done)
     conn.executemany(
         "INSERT INTO central_tickets (incident_id, ticket_no) VALUES (?, ?) "
@@ -168,13 +171,15 @@ def settle(
     return counts
 
 
-def _remember_delivered_closes(conn: sqlite3.Connection, done: Sequence[tuple[int, int]]) -> None:
+def _remember_delivered_closes(
+    conn: sqlite3.Connection, closes: Sequence[tuple[int, int]]
+) -> None:
     """Note the period closes central now holds: raw readings of the period
     they close may be thinned when the disk budget runs out (``thin``)."""
     conn.executemany(
         "INSERT OR IGNORE INTO delivered_closes (meter, boundary) SELECT meter, read_at "
-        "FROM outbox WHERE seq = ? AND revision = ? AND keep = 1 AND meter IS NOT NULL",
-        done,
+        "FROM outbox WHERE seq = ? AND revision = ? AND meter IS NOT NULL",
+        closes,
     )
 
 

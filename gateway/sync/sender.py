@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.clock import Clock, to_rfc3339
+from gateway.errors import JournalError
 from gateway.events import Event, new_event_id
 from gateway.journal.store import Journal, insert_events
 from gateway.sync import outbox
 from gateway.sync.feeder import feed
-from gateway.sync.outbox import PRIORITY, ItemResult, OutboxItem
+from gateway.sync.outbox import METER_READINGS, PRIORITY, ItemResult, OutboxItem
 from gateway.sync.transport import AuthFailed, Refused, Transient, Transport
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,9 @@ class SyncSender:
         self._failures = 0
         self._auth_failed = False
         self._batch_ids: tuple[tuple[int, ...], str] = ((), "")
+        self._settling: asyncio.Task[None] | None = None
+        self._read_after = 0  # meter readings: last seq sent while its settle runs
+        self._next_feed = 0.0
 
     def wake(self) -> None:
         """Something was queued: look now instead of at the next idle poll."""
@@ -99,34 +103,70 @@ class SyncSender:
         return to_rfc3339(self.clock.now())
 
     async def run(self) -> None:
-        while True:
-            await self._feed()
-            stream, batch = await self._next_batch()
-            if not batch:
-                self.state = "idle"
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.settings.idle_poll_s):
-                        await self._wake.wait()
-                continue
-            await self._deliver(stream, batch)
+        try:
+            while True:
+                if time.monotonic() >= self._next_feed:
+                    await self._feed()
+                stream, batch = await self._next_batch()
+                if batch:
+                    await self._deliver(stream, batch)
+                elif not await self._rewind():
+                    await self._idle()
+        finally:
+            if self._settling is not None:
+                self._settling.cancel()
+
+    async def _idle(self) -> None:
+        self.state = "idle"
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.idle_poll_s):
+                await self._wake.wait()
+        self._next_feed = 0.0
 
     async def _feed(self) -> None:
-        """Queue readings committed since the last look (all of them, in chunks)."""
+        """Queue readings committed since the last look (all of them, in chunks).
+
+        At most once a second while busy: each feed is a write that would
+        otherwise wait behind every settle of a backlog drain."""
         while await self.journal.write(lambda conn: feed(conn, self._now())) >= 5000:
             pass
+        self._next_feed = time.monotonic() + self.settings.idle_poll_s
 
     async def _next_batch(self) -> tuple[str, list[OutboxItem]]:
         def read(conn: Any) -> tuple[str, list[OutboxItem]]:
             for stream in PRIORITY:
                 batch = outbox.next_batch(
-                    conn, stream, 0, self._limit[stream], self.settings.max_bytes
+                    conn,
+                    stream,
+                    self._read_after if stream == METER_READINGS else 0,
+                    self._limit[stream],
+                    self.settings.max_bytes,
                 )
                 if batch:
                     return stream, batch
             return "", []
 
         return await self.journal.query(read)
+
+    async def _rewind(self) -> bool:
+        """After a pipelined run: wait for the last settle and read from the
+        start again (items central did not answer for are still queued there).
+        Returns whether there was anything to rewind."""
+        pending = self._settling is not None or self._read_after != 0
+        await self._settled()
+        self._read_after = 0
+        return pending
+
+    async def _settled(self) -> None:
+        """Wait for the meter-reading settle in flight, if any."""
+        task, self._settling = self._settling, None
+        if task is not None:
+            try:
+                await task
+            except JournalError as exc:  # not recorded: those items are simply sent again
+                log.error("sync could not record central's answer (will resend): %s", exc)
+                self._read_after = 0
 
     def _batch_id(self, batch: list[OutboxItem]) -> str:
         """The same content keeps its batch id across retries (central's logs)."""
@@ -142,14 +182,23 @@ class SyncSender:
             sent = {item.item_id for item in batch}
             if not any(result.item_id in sent for result in results):
                 raise Transient(f"central's answer names none of the {len(batch)} items sent")
-        except Transient as exc:
-            await self._transient(stream, exc)
-        except AuthFailed as exc:
-            await self._auth_failure(stream, exc)
-        except Refused as exc:
-            await self._refused(stream, batch, exc)
-        else:
+        except (Transient, AuthFailed, Refused) as exc:
+            await self._rewind()
+            if isinstance(exc, Transient):
+                await self._transient(stream, exc)
+            elif isinstance(exc, AuthFailed):
+                await self._auth_failure(stream, exc)
+            else:
+                await self._refused(stream, batch, exc)
+            return
+        if stream != METER_READINGS:
             await self._settle(stream, batch, results)
+            return
+        # The bulk stream is pipelined: its answer is recorded while the next
+        # batch (read after this one) is already on the wire.
+        await self._settled()
+        self._settling = asyncio.create_task(self._settle(stream, batch, results))
+        self._read_after = batch[-1].seq
 
     async def _settle(
         self, stream: str, batch: list[OutboxItem], results: list[ItemResult]
