@@ -282,3 +282,87 @@ def test_backlog_reports_items_bytes_and_oldest(tmp_path: Path) -> None:
     figures = with_journal(db, lambda j: j.query(outbox.backlog))
     assert figures[METER_READINGS] == outbox.Backlog(3, 30, "2026-11-22T00:00:00.000+00:00")
     assert figures[INCIDENTS].items == 1
+
+
+def test_backlog_budget_alarms_at_80_percent_thins_at_100_and_never_drops_closes(
+    tmp_path: Path,
+) -> None:
+    from gateway.clock import Clock
+    from gateway.sync.budget import BacklogWatch
+
+    db = tmp_path / "j.db"
+    boundary = datetime(2026, 11, 1, tzinfo=SHANGHAI)
+    raw = [reading("M1", boundary - timedelta(hours=h), 1000 - h) for h in range(40, 0, -1)]
+    close = reading("M1", boundary, 1000, period="2026-10")
+    later = [reading("M1", boundary + timedelta(hours=h), 1000 + h) for h in range(1, 11)]
+
+    async def body(journal: Journal) -> list[str]:
+        await journal.submit_many([*raw, close])
+        await journal.write(lambda c: feed(c, NOW))
+        sizes = await journal.query(outbox.backlog)
+        per_item = sizes[METER_READINGS].bytes // 41
+        # budget: just over the 41 queued now, so 50 more readings overrun it
+        watch = BacklogWatch(journal, Clock(), budget_bytes=per_item * 48)
+        await watch.check()
+        levels = [watch.level]
+        # central takes the period close (and nothing else) …
+        batch = await journal.query(lambda c: outbox.next_batch(c, METER_READINGS, 0, 99, 10**6))
+        [sent] = [i for i in batch if i.keep]
+        answer = [ItemResult(sent.item_id, "accepted")]
+        await journal.write(lambda c: outbox.settle(c, METER_READINGS, [sent], answer, NOW))
+        # … then the WAN stays down and readings keep coming
+        await journal.submit_many(later)
+        await journal.write(lambda c: feed(c, NOW))
+        await watch.check()
+        levels.append(watch.level)
+        more = [reading("M1", boundary + timedelta(hours=h), 1000 + h) for h in range(11, 40)]
+        await journal.submit_many(more)
+        await journal.write(lambda c: feed(c, NOW))
+        await watch.check()
+        levels.append(watch.level)
+        assert watch.used <= 0.9 + 1e-9 or watch.level == "full"
+        return levels
+
+    levels = with_journal(db, body)
+    assert levels == ["high", "high", "high"]
+    kinds = [
+        k for (k,) in rows(db, "SELECT kind FROM events WHERE kind LIKE 'sync.%' ORDER BY seq")
+    ]
+    assert kinds[0] == "sync.backlog_high"
+    assert "sync.thinned" in kinds
+    # only the oldest raw readings before the delivered close went, down to 90 %;
+    # everything after the close (its period not closed yet) is still queued
+    left = sorted(json.loads(b)["read_at"] for (b,) in rows(db, "SELECT body FROM outbox"))
+    after = [at for at in left if at > "2026-11-01T00:00:00+08:00"]
+    before = [at for at in left if at < "2026-11-01T00:00:00+08:00"]
+    assert len(after) == 10 + 29
+    assert before == [
+        "2026-10-31T20:00:00+08:00",
+        "2026-10-31T21:00:00+08:00",
+        "2026-10-31T22:00:00+08:00",
+        "2026-10-31T23:00:00+08:00",
+    ]
+    assert len(left) <= 48 * 0.9
+
+
+def test_a_backlog_of_closes_alone_is_never_thinned_but_reported_full(tmp_path: Path) -> None:
+    from gateway.clock import Clock
+    from gateway.sync.budget import BacklogWatch
+
+    db = tmp_path / "j.db"
+    closes = [
+        reading(f"M{n}", datetime(2026, 11, 1, tzinfo=SHANGHAI), 10.0 + n, period="2026-10")
+        for n in range(20)
+    ]
+
+    async def body(journal: Journal) -> str:
+        await journal.submit_many(closes)
+        await journal.write(lambda c: feed(c, NOW))
+        watch = BacklogWatch(journal, Clock(), budget_bytes=100)
+        await watch.check()
+        return watch.level
+
+    assert with_journal(db, body) == "full"
+    assert rows(db, "SELECT count(*) FROM outbox") == [(20,)]
+    kinds = [k for (k,) in rows(db, "SELECT kind FROM events WHERE kind LIKE 'sync.%'")]
+    assert kinds == ["sync.backlog_full"]
