@@ -9,6 +9,11 @@ readings show up at once. Each run gets fresh random tokens (printed once,
 never stored in clear) and keeps its journal under ``--data``, so a second run
 continues the same journal. After 30 s one building main goes silent, as a
 guard would see a dead meter; a minute later it answers again.
+
+The central billing and ticket system is the reference receiver
+(``gateway.sync.receiver``) on another port of 127.0.0.1, with its own
+database under ``--data``; its page lists what the gateway delivered. At
+2 min the WAN "fails" for a minute: the backlog grows, then drains.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from gateway.health import DeviceHealth
 from gateway.journal.queries import count_events
 from gateway.profiles import load_profiles
 from gateway.sim.meters import MeterFleet, SiteLayout, reference_slice, shipped_profiles_dir
+from gateway.sync.receiver import CentralReceiver
 
 DEMO_TOWERS = 2
 HOUSEHOLD_POLL_S = 60.0
@@ -34,6 +40,8 @@ MAIN_POLL_S = 10.0
 FAULT_AT_S = 30.0  # a building main stops answering …
 FAULT_FOR_S = 60.0  # … for this long
 FAULTY_METER = "B02-MAIN"
+WAN_DOWN_AT_S = 120.0
+WAN_DOWN_FOR_S = 60.0
 
 
 def demo_layout() -> SiteLayout:
@@ -48,24 +56,39 @@ def demo_layout() -> SiteLayout:
 
 
 def write_demo_site(
-    data_dir: Path, port: int, layout: SiteLayout, ports: dict[str, int], profiles_dir: Path
+    data_dir: Path,
+    port: int,
+    layout: SiteLayout,
+    ports: dict[str, int],
+    profiles_dir: Path,
+    central: tuple[str, str],
 ) -> tuple[Path, dict[str, str]]:
-    """Write ``data_dir/demo-site.toml`` with fresh tokens; returns it and the tokens."""
+    """Write ``data_dir/demo-site.toml`` with fresh tokens; returns it and the tokens.
+
+    ``central`` is the reference receiver's (base URL, site token)."""
     base = resources.files("gateway.sim").joinpath("demo-site.toml").read_text(encoding="utf-8")
     tokens: dict[str, str] = {}
     for user in tomllib.loads(base).get("users", []):
         tokens[user["name"]] = token = new_token()
         base = base.replace(f'"{user["token_sha256"]}"', f'"{hash_token(token)}"', 1)
     extra = f'{base.rstrip()}\n\n[api]\nhost = "127.0.0.1"\nport = {port}\n'
+    extra += (
+        f'\n[sync]\nbase_url = "{central[0]}"\ntoken = "{central[1]}"\n'
+        "heartbeat_s = 10.0\npull_interval_s = 10.0\nbackoff_max_s = 10.0\n"
+    )
     path = data_dir.resolve() / "demo-site.toml"
     path.write_text(layout.site_toml(ports, profiles_dir=profiles_dir, extra=extra), "utf-8")
     return path, tokens
 
 
-def _print_welcome(config: SiteConfig, url: str, tokens: dict[str, str], fleet: MeterFleet) -> None:
+def _print_welcome(
+    config: SiteConfig, url: str, tokens: dict[str, str], fleet: MeterFleet, central_url: str
+) -> None:
     d = config.devices
     print(f"\nSite Gateway demo — {config.site.name} / {config.site.name_en}")
     print(f"  API (OpenAPI docs):      {url}/docs")
+    print(f"  sync status:             {url}/api/v1/sync   (needs a token)")
+    print(f"  central system (sim):    {central_url}/")
     print(f"  health:                  {url}/healthz")
     print(f"  metrics:                 {url}/metrics   (needs a token)")
     print(f"  journal:                 {config.journal.path}")
@@ -80,8 +103,8 @@ def _print_welcome(config: SiteConfig, url: str, tokens: dict[str, str], fleet: 
     print("  Ctrl-C stops.\n", flush=True)
 
 
-async def _scenario(fleet: MeterFleet, layout: SiteLayout) -> None:
-    """The demo's script: one building main goes silent for a while."""
+async def _scenario(fleet: MeterFleet, layout: SiteLayout, central: CentralReceiver) -> None:
+    """The demo's script: a building main goes silent for a while; later the WAN."""
     victim = next(m for m in layout.meters if m.id == FAULTY_METER)
     await asyncio.sleep(FAULT_AT_S)
     await asyncio.to_thread(fleet.silence, victim.link, victim.unit)
@@ -97,6 +120,13 @@ async def _scenario(fleet: MeterFleet, layout: SiteLayout) -> None:
         "(seen at the gateway's next retry of an offline device)",
         flush=True,
     )
+    await asyncio.sleep(WAN_DOWN_AT_S - FAULT_AT_S - FAULT_FOR_S)
+    await asyncio.to_thread(central.down_for, WAN_DOWN_FOR_S)
+    print(
+        f"  [{WAN_DOWN_AT_S:.0f} s] simulated WAN loss for {WAN_DOWN_FOR_S:.0f} s: readings "
+        "wait in the outbox (see /api/v1/sync), then drain; central counts each once",
+        flush=True,
+    )
     await asyncio.Event().wait()  # a part runs until cancelled
 
 
@@ -106,17 +136,22 @@ def run_demo(*, duration: float | None, port: int, data_dir: Path) -> int:
     layout = demo_layout()
     fleet = MeterFleet.for_layout(layout, load_profiles(profiles_dir))
     data_dir.mkdir(parents=True, exist_ok=True)
+    central_token = new_token()
+    central = CentralReceiver(data_dir / "central.db", sites={layout.site_id: central_token})
     fleet.start()
     try:
-        site_file, tokens = write_demo_site(data_dir, port, layout, fleet.ports(), profiles_dir)
+        central_url = central.start()
+        site_file, tokens = write_demo_site(
+            data_dir, port, layout, fleet.ports(), profiles_dir, (central_url, central_token)
+        )
         config = load_site_config(site_file)
         seq_before = _last_seq(config.journal.path)
 
         async def main() -> tuple[RunSummary, list[DeviceHealth]]:
             service = GatewayService(
                 config,
-                on_ready=lambda url: _print_welcome(config, url, tokens, fleet),
-                extra_parts=[("simulator", lambda: _scenario(fleet, layout))],
+                on_ready=lambda url: _print_welcome(config, url, tokens, fleet, central_url),
+                extra_parts=[("simulator", lambda: _scenario(fleet, layout, central))],
             )
             if duration is not None:
                 asyncio.get_running_loop().call_later(duration, service.stop.set)
@@ -125,10 +160,13 @@ def run_demo(*, duration: float | None, port: int, data_dir: Path) -> int:
 
         summary, devices = asyncio.run(main())
         requests = fleet.requests()
+        stored = central.stats()["readings"]["stored"]
     finally:
         fleet.stop()
+        central.stop()
     total, this_run, readings = _count(config.journal.path, seq_before)
     _print_summary(config, summary, (this_run, total), readings, devices, requests)
+    print(f"  sync:            central holds {stored} readings from this site (all runs)")
     return 0
 
 
@@ -154,7 +192,6 @@ def _print_summary(
     print(f"  meter readings:  {readings} this run")
     print(f"  simulator:       {requests} Modbus requests answered or ignored")
     print("  alarms:          none raised (no alarm rules in this build)")
-    print(f"  sync:            {'configured' if config.sync else 'not configured'}")
 
 
 def _last_seq(path: Path) -> int:
