@@ -1,4 +1,4 @@
-"""The ``gateway`` command: run, check-config, demo, hash-token.
+"""The ``gateway`` command: run, check-config, demo, hash-token, central-sim.
 
 Exit codes: 0 success, 2 a problem the operator must fix (bad config, unusable
 journal, port taken) — printed as one line per problem on stderr.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,8 +20,10 @@ from gateway.app import GatewayService, StartupError
 from gateway.auth import hash_token
 from gateway.config import load_site_config
 from gateway.errors import ConfigError, JournalOpenError
+from gateway.secrets import resolve_secret
 
 EXIT_USAGE = 2
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 log = logging.getLogger("gateway")
 
@@ -85,6 +89,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _fail(str(exc).splitlines())
 
 
+def cmd_central_sim(args: argparse.Namespace) -> int:
+    """Run the reference central receiver until SIGTERM/SIGINT (for demos and benches)."""
+    from gateway.sync.receiver import CentralReceiver, Faults  # only this command needs it
+
+    _setup_logging(args.verbose)
+    try:
+        token = resolve_secret(args.token, Path.cwd()).get_secret_value()
+        secrets = None
+        if args.signing_secret is not None:
+            secret = resolve_secret(args.signing_secret, Path.cwd()).get_secret_value()
+            secrets = {args.site_id: secret}
+        faults = Faults(
+            error_rate=args.error_rate,
+            throttle_rate=args.throttle_rate,
+            retry_after_s=args.retry_after,
+            delay_s=args.delay,
+            reset_after_store_rate=args.reset_rate,
+            silent=args.silent,
+            unauthorized=args.unauthorized,
+            seed=args.seed,
+        )
+        receiver = CentralReceiver(
+            args.db,
+            sites={args.site_id: token},
+            signing_secrets=secrets,
+            faults=faults,
+            host=args.host,
+            port=args.port,
+        )
+    except ValueError as exc:
+        return _fail([f"central-sim: {exc}"])
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
+    try:
+        try:
+            url = receiver.start()
+        except (OSError, ValueError) as exc:
+            return _fail([f"central-sim: cannot start on {args.host}:{args.port}: {exc}"])
+        print(f"central-sim listening on {url}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        receiver.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("central-sim stopped")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Site Gateway")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -105,6 +158,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", type=Path, default=Path("demo-data"), help="journal folder")
     demo.add_argument("-v", "--verbose", action="store_true")
     demo.set_defaults(handler=cmd_demo)
+
+    central = sub.add_parser(
+        "central-sim",
+        help="run the reference central receiver (optionally misbehaving)",
+        description="Serve the central API (../shared/contracts/central-api.md) on HOST:PORT "
+        "and store what it accepts in DB; prints 'central-sim listening on URL'. "
+        "Secrets may be given as env:NAME or file:PATH.",
+    )
+    central.add_argument("--db", type=Path, required=True, help="receiver SQLite file")
+    central.add_argument("--host", default="127.0.0.1")
+    central.add_argument("--port", type=int, default=0, help="0 = any free port")
+    central.add_argument("--site-id", required=True)
+    central.add_argument("--token", required=True, help="the site's bearer token")
+    central.add_argument("--signing-secret", default=None, help="require HMAC-signed bodies")
+    central.add_argument("--error-rate", type=float, default=0.0, help="fraction answered 500")
+    central.add_argument("--throttle-rate", type=float, default=0.0, help="fraction answered 429")
+    central.add_argument("--retry-after", type=int, default=1, help="Retry-After of a 429 (s)")
+    central.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    central.add_argument(
+        "--reset-rate", type=float, default=0.0, help="fraction of POSTs stored, then reset"
+    )
+    central.add_argument("--silent", action="store_true", help="never answer API requests")
+    central.add_argument("--unauthorized", action="store_true", help="answer 401 to everything")
+    central.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    central.add_argument("-v", "--verbose", action="store_true")
+    central.set_defaults(handler=cmd_central_sim)
 
     hasher = sub.add_parser("hash-token", help="print the SHA-256 to store for a user token")
     hasher.add_argument("token", nargs="?", help="the token (or one line on stdin)")
