@@ -233,23 +233,32 @@ def test_more_than_1000_items_or_1_mib_is_413_and_the_connection_goes_on(
     assert rx.stats()["readings"]["stored"] - before == 1003
 
 
-def test_a_chunked_body_and_keep_alive_pass_through_the_proxy(rx: CentralReceiver) -> None:
+def test_chunked_bodies_keep_alive_and_100_continue_pass_through_the_proxy(
+    rx: CentralReceiver,
+) -> None:
     first, second = reading(), reading()
     body = json.dumps(batch(first)).encode()
     with httpx.Client(base_url=rx.base_url, headers=auth()) as client:
         chunks = iter([body[:10], body[10:]])
         assert statuses(client.post(READINGS, content=chunks)) == ["accepted"]
 
-    # Two requests on one raw connection, the second sent after the first answer.
+    # Three requests on one raw connection, each sent after the previous answer;
+    # the last one waits for "100 Continue" before its body, as curl does.
+    third = reading()
     with socket.create_connection(("127.0.0.1", rx.port), timeout=5) as sock:
         reader = sock.makefile("rb")
-        for item in (first, second):
+        for item, expect in ((first, False), (second, False), (third, True)):
             payload = json.dumps(batch(item)).encode()
             sock.sendall(
                 f"POST {READINGS} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
-                + payload
+                f"Content-Length: {len(payload)}\r\n".encode()
+                + (b"Expect: 100-continue\r\n" if expect else b"")
+                + b"\r\n"
             )
+            if expect:
+                assert reader.readline() == b"HTTP/1.1 100 Continue\r\n"
+                assert reader.readline() == b"\r\n"
+            sock.sendall(payload)
             assert reader.readline().startswith(b"HTTP/1.1 200")
             length = 0
             while (line := reader.readline()) != b"\r\n":
@@ -564,6 +573,8 @@ def test_the_page_shows_what_arrived_and_escapes_it(
         INCIDENTS, json={"incidents": [incident(uuid.uuid4().hex, 1, title=title)]}
     )
     ticket = response.json()["results"][0]["ticket_no"]
+    beat = {"at": "2026-11-23T08:00:00+08:00", "version": "1", "backlog": {}, "devices": {}}
+    assert client.post(f"/v1/sites/{SITE}/heartbeat", json=beat).status_code == 204
     rx.set_faults(delay_s=0.01)
 
     page = httpx.get(f"{rx.base_url}/")
@@ -574,6 +585,7 @@ def test_the_page_shows_what_arrived_and_escapes_it(
     assert ticket in page.text
     assert "delay_s=0.01" in page.text
     assert f"/v1/sites/{SITE}/incidents" in page.text
+    assert f"{SITE}: last " in page.text  # its last heartbeat
 
 
 def test_stats_count_streams_and_requests_by_status(

@@ -155,6 +155,8 @@ _MESSAGES = {
     "greater_than": "must be > {gt}",
     "less_than_equal": "must be <= {le}",
     "dict_type": "must be a JSON object",
+    "string_too_short": "must not be empty",
+    "string_too_long": "must be at most {max_length} characters",
 }
 _PATTERN_MESSAGES = {
     RFC3339_PATTERN: "must be an RFC 3339 timestamp with an offset (2026-11-23T08:00:00+08:00)",

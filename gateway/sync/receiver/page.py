@@ -56,6 +56,13 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _last_heartbeats(store: ReceiverStore, sites: Sequence[str]) -> str:
+    last = {site: store.last_heartbeat(site) for site in sites}
+    return " · ".join(
+        f"{site}: last {beat['received_at']} (UTC)" for site, beat in last.items() if beat
+    )
+
+
 def render_page(store: ReceiverStore, faults: Faults, sites: Sequence[str]) -> str:
     """The whole page as one HTML string."""
     stats = store.stats()
@@ -75,7 +82,7 @@ def render_page(store: ReceiverStore, faults: Faults, sites: Sequence[str]) -> s
                 f"accepted {incidents['accepted']} · stale {incidents['stale']} · "
                 f"rejected {incidents['rejected']}",
             ],
-            ["心跳 heartbeat", stats["heartbeats"], ""],
+            ["心跳 heartbeat", stats["heartbeats"], _last_heartbeats(store, sites)],
             ["工单更新 ticket-updates (central → site)", stats["ticket_updates"], ""],
             ["计划停电停水 outage-notices (central → site)", stats["outage_notices"], ""],
         ],

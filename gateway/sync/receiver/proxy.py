@@ -54,6 +54,13 @@ def _parse_head(head: bytes) -> tuple[bytes, dict[bytes, bytes]]:
     return lines[0], headers
 
 
+def _without(head: bytes, *prefixes: bytes) -> bytes:
+    """A message head without the header lines whose lower-case form starts so."""
+    lines = head[:-4].split(b"\r\n")
+    kept = [lines[0], *(line for line in lines[1:] if not line.lower().startswith(prefixes))]
+    return b"\r\n".join(kept) + b"\r\n\r\n"
+
+
 def _framing(headers: dict[bytes, bytes], *, default: int) -> int:
     """Body length, ``_CHUNKED``, or ``default`` when neither header is present."""
     encoding = headers.get(b"transfer-encoding")
@@ -243,6 +250,11 @@ class FaultProxy:
                     upstream = await asyncio.open_connection("127.0.0.1", self._upstream_port)
                     self._writers.add(upstream[1])
                 up_reader, up_writer = upstream
+                if headers.get(b"expect", b"").lower() == b"100-continue":
+                    # Answer it here: the app would only send it once the body is
+                    # being read, and the proxy reads the body before the answer.
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    head = _without(head, b"expect:")
                 up_writer.write(head)
                 await _pump(reader, up_writer, _framing(headers, default=0))
                 if not await self._answer(start_line, up_reader, writer):
@@ -262,17 +274,11 @@ class FaultProxy:
         self, request_line: bytes, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Forward the app's answer (or reset instead); whether the connection goes on."""
-        no_body = request_line.startswith(b"HEAD ")
-        while True:
-            head = await up_reader.readuntil(b"\r\n\r\n")
-            status_line, headers = _parse_head(head)
-            parts = status_line.split(b" ", 2)
-            status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-            if 100 <= status < 200:
-                writer.write(head)  # 100 Continue: the real answer follows
-                continue
-            break
-        if no_body or status in (204, 304):
+        head = await up_reader.readuntil(b"\r\n\r\n")
+        status_line, headers = _parse_head(head)
+        parts = status_line.split(b" ", 2)
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        if request_line.startswith(b"HEAD ") or status in (204, 304):
             framing = 0
         else:
             framing = _framing(headers, default=_UNTIL_EOF)
@@ -288,11 +294,8 @@ class FaultProxy:
             body = bytearray()
             await _pump(up_reader, body, framing)
             self.down_for(float(down), keep=writer)
-            lines = head[:-4].split(b"\r\n")
-            kept = [
-                line for line in lines if not line.lower().startswith((b"x-sim-", b"connection:"))
-            ]
-            writer.write(b"\r\n".join([*kept, b"connection: close", b"", b""]) + body)
+            head = _without(head, b"x-sim-", b"connection:")
+            writer.write(head[:-2] + b"connection: close\r\n\r\n" + body)
             await writer.drain()
             return False
         writer.write(head)
