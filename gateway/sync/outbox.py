@@ -70,7 +70,7 @@ class ItemResult:
 _ENQUEUE = """
 INSERT INTO outbox (stream, item_id, revision, body, bytes, keep, meter, read_at, queued_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (stream, item_id) DO UPDATE SET
+ON CONFLICT (stream, item_id) WHERE stream != 'meter-readings' DO UPDATE SET
     revision = excluded.revision, body = excluded.body, bytes = excluded.bytes,
     keep = excluded.keep, queued_at = excluded.queued_at
 WHERE excluded.revision > outbox.revision
@@ -78,7 +78,9 @@ WHERE excluded.revision > outbox.revision
 
 
 def enqueue(conn: sqlite3.Connection, items: Iterable[NewItem], now: str) -> None:
-    """Queue items; an item already queued is kept unless this is a newer revision."""
+    """Queue items; a queued incident (or record) is replaced only by a newer
+    revision. Meter readings are not checked against the queue (the feeder
+    queues each once; a second copy would only be answered ``duplicate``)."""
     conn.executemany(
         _ENQUEUE,
         [
@@ -171,9 +173,7 @@ def settle(
     return counts
 
 
-def _remember_delivered_closes(
-    conn: sqlite3.Connection, closes: Sequence[tuple[int, int]]
-) -> None:
+def _remember_delivered_closes(conn: sqlite3.Connection, closes: Sequence[tuple[int, int]]) -> None:
     """Note the period closes central now holds: raw readings of the period
     they close may be thinned when the disk budget runs out (``thin``)."""
     conn.executemany(
@@ -325,8 +325,8 @@ def requeue(
         )
     keep, meter, read_at = row[9:]
     queued = conn.execute(
-        "SELECT revision FROM outbox WHERE stream = ? AND item_id = ?",
-        (letter.stream, letter.item_id),
+        "SELECT revision FROM outbox WHERE stream = ? AND item_id = ? AND stream != ?",
+        (letter.stream, letter.item_id, METER_READINGS),
     ).fetchone()
     if queued is not None:
         raise RequeueRefused(

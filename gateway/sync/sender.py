@@ -28,7 +28,7 @@ from gateway.journal.store import Journal, insert_events
 from gateway.sync import outbox
 from gateway.sync.feeder import feed
 from gateway.sync.outbox import METER_READINGS, PRIORITY, ItemResult, OutboxItem
-from gateway.sync.transport import AuthFailed, Refused, Transient, Transport
+from gateway.sync.transport import AuthFailed, Refused, SyncError, Transient, Transport
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class SenderSettings:
     backoff_max_s: float = 300.0
     auth_backoff_s: float = 300.0
     idle_poll_s: float = 1.0
+    in_flight: int = 2  # meter-reading batches on the wire at once
 
 
 def retry_delay(attempt: int, initial: float, cap: float) -> float:
@@ -90,7 +91,8 @@ class SyncSender:
         self._wake = asyncio.Event()
         self._failures = 0
         self._auth_failed = False
-        self._batch_ids: tuple[tuple[int, ...], str] = ((), "")
+        self._batch_ids: dict[tuple[int, int, int], str] = {}
+        self._in_flight: deque[tuple[list[OutboxItem], asyncio.Task[list[ItemResult]]]] = deque()
         self._settling: asyncio.Task[None] | None = None
         self._read_after = 0  # meter readings: last seq sent while its settle runs
         self._next_feed = 0.0
@@ -108,11 +110,20 @@ class SyncSender:
                 if time.monotonic() >= self._next_feed:
                     await self._feed()
                 stream, batch = await self._next_batch()
-                if batch:
+                if stream == METER_READINGS:
+                    self._launch(batch)
+                    if len(self._in_flight) >= self.settings.in_flight:
+                        await self._complete_oldest()
+                elif batch:
+                    while self._in_flight:  # a few bulk batches at most, then this one
+                        await self._complete_oldest()
                     await self._deliver(stream, batch)
+                elif self._in_flight:
+                    await self._complete_oldest()
                 elif not await self._rewind():
                     await self._idle()
         finally:
+            await self._abandon_in_flight()
             if self._settling is not None:
                 self._settling.cancel()
 
@@ -170,35 +181,86 @@ class SyncSender:
 
     def _batch_id(self, batch: list[OutboxItem]) -> str:
         """The same content keeps its batch id across retries (central's logs)."""
-        seqs = tuple(item.seq for item in batch)
-        if self._batch_ids[0] != seqs:
-            self._batch_ids = (seqs, new_event_id())
-        return self._batch_ids[1]
+        seqs = (batch[0].seq, batch[-1].seq, len(batch))
+        if seqs not in self._batch_ids:
+            if len(self._batch_ids) > 16:
+                self._batch_ids.clear()
+            self._batch_ids[seqs] = new_event_id()
+        return self._batch_ids[seqs]
+
+    async def _send(self, stream: str, batch: list[OutboxItem]) -> list[ItemResult]:
+        results = await self.transport.send(stream, self._batch_id(batch), batch)
+        sent = {item.item_id for item in batch}
+        if not any(result.item_id in sent for result in results):
+            raise Transient(f"central's answer names none of the {len(batch)} items sent")
+        return results
+
+    def _launch(self, batch: list[OutboxItem]) -> None:
+        """Put a meter-reading batch on the wire without waiting for its answer.
+
+        The bulk stream keeps ``in_flight`` batches going at once (each read
+        after the last one sent), and records each answer while the next
+        batches travel: after a week of WAN loss the drain is bounded by
+        central, not by our own round trips."""
+        self.state = "sending"
+        task = asyncio.create_task(self._send(METER_READINGS, batch))
+        self._in_flight.append((batch, task))
+        self._read_after = batch[-1].seq
+
+    async def _complete_oldest(self) -> None:
+        batch, task = self._in_flight.popleft()
+        try:
+            results = await task
+        except SyncError as exc:
+            await self._finish_in_flight()
+            await self._rewind()
+            await self._failed(METER_READINGS, batch, exc)
+            return
+        await self._record(batch, results)
+
+    async def _record(self, batch: list[OutboxItem], results: list[ItemResult]) -> None:
+        await self._settled()
+        self._settling = asyncio.create_task(self._settle(METER_READINGS, batch, results))
+
+    async def _finish_in_flight(self) -> None:
+        """After a failure: let the other sends end (they are not cancelled — a
+        cancelled connect can leak its socket) and record what they delivered;
+        the rest goes again after the pause."""
+        while self._in_flight:
+            batch, task = self._in_flight.popleft()
+            try:
+                results = await task
+            except SyncError:
+                continue
+            await self._record(batch, results)
+
+    async def _abandon_in_flight(self) -> None:
+        """On stop: cancel the sends on the wire (their items stay queued)."""
+        tasks = [task for _, task in self._in_flight]
+        self._in_flight.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _deliver(self, stream: str, batch: list[OutboxItem]) -> None:
         self.state = "sending"
         try:
-            results = await self.transport.send(stream, self._batch_id(batch), batch)
-            sent = {item.item_id for item in batch}
-            if not any(result.item_id in sent for result in results):
-                raise Transient(f"central's answer names none of the {len(batch)} items sent")
-        except (Transient, AuthFailed, Refused) as exc:
+            results = await self._send(stream, batch)
+        except SyncError as exc:
             await self._rewind()
-            if isinstance(exc, Transient):
-                await self._transient(stream, exc)
-            elif isinstance(exc, AuthFailed):
-                await self._auth_failure(stream, exc)
-            else:
-                await self._refused(stream, batch, exc)
+            await self._failed(stream, batch, exc)
             return
-        if stream != METER_READINGS:
-            await self._settle(stream, batch, results)
-            return
-        # The bulk stream is pipelined: its answer is recorded while the next
-        # batch (read after this one) is already on the wire.
-        await self._settled()
-        self._settling = asyncio.create_task(self._settle(stream, batch, results))
-        self._read_after = batch[-1].seq
+        await self._settle(stream, batch, results)
+
+    async def _failed(self, stream: str, batch: list[OutboxItem], exc: SyncError) -> None:
+        if isinstance(exc, AuthFailed):
+            await self._auth_failure(stream, exc)
+        elif isinstance(exc, Refused):
+            await self._refused(stream, batch, exc)
+        elif isinstance(exc, Transient):
+            await self._transient(stream, exc)
+        else:
+            raise exc
 
     async def _settle(
         self, stream: str, batch: list[OutboxItem], results: list[ItemResult]
