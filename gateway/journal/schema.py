@@ -105,7 +105,8 @@ def _sync(conn: sqlite3.Connection) -> None:
             queued_at TEXT NOT NULL
         )"""
     )
-    conn.execute("CREATE INDEX outbox_stream ON outbox (stream, seq)")
+    # Covers the backlog figures (count and bytes per stream) without reading bodies.
+    conn.execute("CREATE INDEX outbox_stream ON outbox (stream, seq, bytes)")
     # One queued copy per incident (or record): a newer revision replaces it. Meter
     # readings are left out on purpose: the feeder queues each exactly once, and
     # an index over a million reading ids in random order made every delivered

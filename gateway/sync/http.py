@@ -92,7 +92,7 @@ class HttpTransport:
                 "User-Agent": f"site-gateway/{__version__}",
             },
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
             transport=transport,
         )
 
