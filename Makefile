@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/modbus_poll.py
 	$(BIN)/python bench/rtu_bus.py
 	$(BIN)/python bench/site_load.py
+	$(BIN)/python bench/sync_drain.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
