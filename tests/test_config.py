@@ -387,6 +387,21 @@ BAD_VALUES = [
         id="base-url-not-http",
     ),
     pytest.param(
+        site_text(sync(more='transport = "mqtt"\n')),
+        'sync.transport: "mqtt" needs a [sync.mqtt] table (the central broker)',
+        id="mqtt-transport-without-broker",
+    ),
+    pytest.param(
+        site_text(sync(more="batch_items = 5000\n")),
+        "sync.batch_items: 5000: input should be less than or equal to 1000",
+        id="batch-over-the-contract-limit",
+    ),
+    pytest.param(
+        site_text(sync(more='\n[sync.mqtt]\nhost = "mq.example.com"\nca_file = "nope.pem"\n')),
+        'sync.mqtt.ca_file: "{dir}/nope.pem" does not exist',
+        id="mqtt-ca-file-missing",
+    ),
+    pytest.param(
         site_text('[devices.meters]\nid = "M1"\n'),
         "devices.meters: must be a list of tables — write [[devices.meters]]",
         id="single-bracket-list",
@@ -397,7 +412,7 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("text", "expected"), BAD_VALUES)
 def test_bad_value_gives_one_exact_line(tmp_path: Path, text: str, expected: str) -> None:
     path = write_site(tmp_path, text)
-    assert the_problem(path) == f"{path}: {expected}"
+    assert the_problem(path) == f"{path}: {expected.format(dir=tmp_path)}"
 
 
 UNKNOWN_KEYS = [
