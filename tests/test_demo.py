@@ -40,6 +40,10 @@ def test_demo_runs_for_its_duration_and_prints_a_summary(tmp_path: Path) -> None
     states = re.search(r"devices online/degraded/offline: (\d+)/(\d+)/(\d+)", summary)
     assert states is not None and int(states.group(1)) >= 200
     assert (int(states.group(2)), int(states.group(3))) == (0, 0)
+    # Readings reached the demo's central system (the reference receiver).
+    assert re.search(r"central system \(sim\): +http://127\.0\.0\.1:\d+/", out)
+    delivered = re.search(r"central holds (\d+) readings", summary)
+    assert delivered is not None and int(delivered.group(1)) > 0
     # The site file the demo ran on is written next to the journal and is valid.
     check = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "check-config", str(tmp_path / "demo-site.toml")],
