@@ -57,6 +57,7 @@ _REGISTER_COUNTS: Mapping[str, int] = {
 _MODBUS_MAX_READ = 125  # registers in one function 03/04 request (Modbus spec)
 _ADDRESS_LIMIT = 0x10000
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+MQTT_ACCESS_KIND = "mqtt_access"  # profiles of this kind are not Modbus maps
 
 
 # ---- the loaded profile ------------------------------------------------------
@@ -584,13 +585,31 @@ def load_profile(path: Path) -> Profile:
     return _parse_profile(text, path)
 
 
+def is_mqtt_access_profile(path: Path) -> bool:
+    """Whether ``path`` says ``[profile] kind = "mqtt_access"``.
+
+    MQTT access profiles share this folder but are loaded by
+    gateway.adapters.mqtt.profile. A file that cannot be read or parsed is
+    not one: ``load_profile`` then reports what is wrong with it.
+    """
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    header = raw.get("profile")
+    return isinstance(header, dict) and header.get("kind") == MQTT_ACCESS_KIND
+
+
 def load_profiles(folder: Path) -> dict[str, Profile]:
-    """Every ``*.toml`` in ``folder`` by id; one ConfigError with the problems of all files."""
+    """Every Modbus ``*.toml`` in ``folder`` by id; one ConfigError with the problems
+    of all files. MQTT access profiles are skipped (``is_mqtt_access_profile``)."""
     if not folder.is_dir():
         raise ConfigError([f"{folder}: is not a directory"])
     profiles: dict[str, Profile] = {}
     problems: list[str] = []
     for path in sorted(folder.glob("*.toml")):
+        if is_mqtt_access_profile(path):
+            continue
         try:
             profiles[path.stem] = load_profile(path)
         except ConfigError as exc:

@@ -1,0 +1,1 @@
+"""MQTT access points: device profiles and the mapping of their messages to events."""
