@@ -319,6 +319,8 @@ def test_camera_commands_declared(profiles: dict[str, MqttProfile]) -> None:
         ("site/gate-n/event", b'{"card": "1"}', "missing_field"),
         ("site/gate-n/event", b'{"type": "granted", "card": {"no": 1}}', "bad_field_type"),
         ("site/gate-n/event", b'{"type": "granted", "seq": -1}', "bad_field_type"),
+        ("site/gate-n/event", b'{"type": "granted", "seq": 18446744073709551616}',
+         "bad_field_type"),
         ("site/gate-n/event", b'{"type": "exploded"}', "unknown_value"),
         ("site/gate-n/event", b'{"type": "granted", "dir": 7}', "unknown_value"),
         ("site/gate-n/event", b'{"type": "granted", "ts": "yesterday"}', "bad_device_time"),

@@ -293,7 +293,7 @@ def _sequence(profile: MqttProfile, data: dict[str, Any]) -> str | None:
     value = _get(data, profile.sequence)
     if value is _MISSING or value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64:
         return str(value)
     if isinstance(value, str) and _SEQUENCE.match(value):
         return value
