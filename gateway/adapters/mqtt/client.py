@@ -1,0 +1,216 @@
+"""The gateway's connection to the site's MQTT broker (gates, barriers, readers).
+
+paho-mqtt runs its network thread; messages reach the event loop through
+``call_soon_threadsafe``. Three choices make "every valid event kept once"
+hold through crashes and broker restarts:
+
+* **Persistent session, QoS 1** (fixed client id, ``clean_session=False``):
+  the broker keeps our subscriptions and queues messages while we are away.
+* **Manual acknowledgement**: a message's PUBACK goes out only after the
+  handler returned — i.e. after its event is committed to the journal. A
+  gateway killed in between gets the message again (the event id from the
+  device's sequence number stores it once). PUBACKs go in arrival order, as
+  MQTT 3.1.1 requires; several messages are handled at once so their events
+  share group commits.
+* **Bounded intake**: the broker sends at most its in-flight window of
+  unacknowledged QoS 1 messages, so a flood from one device waits at the
+  broker instead of growing our memory.
+
+On every (re)connect the subscriptions are made again (a broker that lost
+its state, e.g. restarted without persistence, still delivers) and the
+gateway's status topic is set to ``online`` (retained); the Last Will sets it
+to ``offline`` when the connection dies without a goodbye.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.config import MqttBroker
+from gateway.errors import JournalClosed, JournalError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message from the broker, as the handler sees it."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+    duplicate: bool
+
+
+Handler = Callable[[Message], Awaitable[None]]
+"""Handles one message; returns once what it made of it is durable (a bad
+payload is handled too: counted and logged, not raised)."""
+
+
+class SiteBroker:
+    """Subscribes, hands messages to the handler, acknowledges after commit."""
+
+    def __init__(
+        self,
+        settings: MqttBroker,
+        site_id: str,
+        subscriptions: Sequence[str],
+        handler: Handler,
+        *,
+        concurrency: int = 64,
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = tuple(subscriptions)
+        self.status_topic = f"gateway/{site_id}/status"
+        self._handler = handler
+        self._slots = asyncio.Semaphore(concurrency)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unacked: deque[tuple[int, int, asyncio.Future[bool]]] = deque()
+        self._connected = asyncio.Event()
+        self.counters: Counter[str] = Counter()
+        self.refused: str | None = None
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id or f"gateway-{site_id}",
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        if settings.username is not None:
+            password = settings.password.get_secret_value() if settings.password else None
+            client.username_pw_set(settings.username, password)
+        if settings.tls:
+            client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        client.will_set(self.status_topic, b"offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def run(self) -> None:
+        """Connect (retrying until the broker is there) and serve until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        s = self.settings
+        self._client.connect_async(s.host, s.port, keepalive=30)
+        self._client.loop_start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            if self._connected.is_set():
+                # A goodbye, so the Will is not published; the status says why.
+                self._client.publish(self.status_topic, b"stopped", qos=1, retain=True)
+                self._client.disconnect()
+            await asyncio.to_thread(self._client.loop_stop)
+            self._connected.clear()
+
+    async def publish(self, topic: str, payload: bytes, within_s: float = 5.0) -> bool:
+        """Publish with QoS 1; True once the broker acknowledged it (commands)."""
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        await asyncio.to_thread(info.wait_for_publish, within_s)
+        return info.is_published()
+
+    async def wait_connected(self, within_s: float) -> bool:
+        try:
+            async with asyncio.timeout(within_s):
+                await self._connected.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # ---- paho's network thread -------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            if self.refused != str(reason):
+                log.error("mqtt broker refused the connection: %s", reason)
+            self.refused = str(reason)
+            return
+        self.refused = None
+        client.publish(self.status_topic, b"online", qos=1, retain=True)
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        log.info(
+            "mqtt connected host=%s port=%d session_present=%s subscriptions=%d",
+            self.settings.host,
+            self.settings.port,
+            flags.session_present,
+            len(self.subscriptions),
+        )
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if self._loop is not None and self._connected.is_set():
+            log.warning("mqtt disconnected reason=%s (reconnecting)", reason)
+            self.counters["disconnects"] += 1
+            self._loop.call_soon_threadsafe(self._connected.clear)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._received, message)
+
+    # ---- the event loop --------------------------------------------------
+
+    def _received(self, message: mqtt.MQTTMessage) -> None:
+        self.counters["received"] += 1
+        done: asyncio.Future[bool] = self._loop.create_future()  # type: ignore[union-attr]
+        if message.qos > 0:
+            self._unacked.append((message.mid, message.qos, done))
+        asyncio.create_task(self._handle(message, done))  # noqa: RUF006 - tracked by `done`
+
+    async def _handle(self, message: mqtt.MQTTMessage, done: asyncio.Future[bool]) -> None:
+        item = Message(
+            message.topic, bytes(message.payload), bool(message.retain), bool(message.dup)
+        )
+        async with self._slots:
+            done.set_result(await self._handle_durably(item))
+        self._ack_in_order()
+
+    async def _handle_durably(self, item: Message) -> bool:
+        """Run the handler until what it made is durable; whether to acknowledge.
+
+        A journal that cannot write (disk full) is waited out: the message stays
+        unacknowledged and in order. When the service stops, it is left to the
+        broker to send again. Any other error is a bug for one message: logged
+        with its topic, counted, and acknowledged so the gates feed goes on."""
+        delay = 0.5
+        while True:
+            try:
+                await self._handler(item)
+            except JournalClosed:
+                return False
+            except JournalError as exc:
+                self.counters["journal_retries"] += 1
+                log.error("mqtt message waits for the journal topic=%s error=%s", item.topic, exc)
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
+                continue
+            except Exception:
+                self.counters["handler_errors"] += 1
+                log.exception("mqtt message handler failed topic=%s", item.topic)
+            return True
+
+    def _ack_in_order(self) -> None:
+        """PUBACK the handled messages at the head of the queue, in arrival order."""
+        while self._unacked and self._unacked[0][2].done():
+            mid, qos, done = self._unacked.popleft()
+            if not done.result():  # stopping: these come again next start
+                self._unacked.clear()
+                return
+            self._client.ack(mid, qos)
