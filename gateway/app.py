@@ -21,6 +21,7 @@ import uvicorn
 
 from gateway import __version__
 from gateway.adapters.modbus.adapter import ModbusSide
+from gateway.adapters.mqtt.side import AccessSide
 from gateway.auth import TokenRegistry
 from gateway.clock import Clock
 from gateway.config import SiteConfig
@@ -89,6 +90,7 @@ class GatewayService:
         self.clock = clock or Clock()
         self.modbus: ModbusSide | None = None
         self.sync: SyncSide | None = None
+        self.access: AccessSide | None = None
         self.supervisor = Supervisor()
         self.journal: Journal | None = None
         self._extra_parts = extra_parts
@@ -124,6 +126,10 @@ class GatewayService:
         if cfg.devices.meters or cfg.devices.io_modules:
             self.modbus = await ModbusSide.build(cfg, journal, self.clock)
             for name, factory in self.modbus.parts():
+                self.supervisor.add(name, factory)
+        if cfg.mqtt is not None and cfg.devices.access_points:
+            self.access = AccessSide.build(cfg, journal, self.clock)
+            for name, factory in self.access.parts():
                 self.supervisor.add(name, factory)
         if cfg.sync is not None:
             self.sync = SyncSide(cfg.sync, cfg.site.id, journal, self.clock, self._devices)

@@ -35,6 +35,7 @@ from pydantic import (
     field_validator,
 )
 
+from gateway.adapters.mqtt.profile import load_mqtt_profiles
 from gateway.errors import ConfigError
 from gateway.profiles import load_profiles
 from gateway.secrets import SECRET_KEYS, resolve_secret
@@ -445,8 +446,10 @@ def _cross_checks(config: SiteConfig, source: str) -> list[str]:
         problems.append(
             f'{source}: site.profiles_dir: "{config.site.profiles_dir}" is not a directory'
         )
-    elif d.meters or d.io_modules:
-        problems += _profile_checks(config, source)
+    else:
+        if d.meters or d.io_modules:
+            problems += _profile_checks(config, source)
+        problems += _access_point_checks(config, source)
     plan = config.site.contingency_plan
     if plan is not None and not plan.is_file():
         problems.append(f'{source}: site.contingency_plan: "{plan}" does not exist')
@@ -459,6 +462,31 @@ def _cross_checks(config: SiteConfig, source: str) -> list[str]:
         ca_file = sync.mqtt.ca_file
         if ca_file is not None and not ca_file.is_file():
             problems.append(f'{source}: sync.mqtt.ca_file: "{ca_file}" does not exist')
+    return problems
+
+
+def _access_point_checks(config: SiteConfig, source: str) -> list[str]:
+    """Gates and barriers need the site broker and an MQTT access profile each."""
+    points = config.devices.access_points
+    if not points:
+        return []
+    problems = []
+    if config.mqtt is None:
+        problems.append(
+            f"{source}: devices.access_points: gates and barriers are read over MQTT — "
+            "add an [mqtt] table (the site broker)"
+        )
+    try:
+        profiles = load_mqtt_profiles(config.site.profiles_dir)
+    except ConfigError as exc:
+        return problems + exc.problems
+    for i, point in enumerate(points):
+        if point.profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none"
+            problems.append(
+                f'{source}: devices.access_points[{i}].profile: "{point.profile}" is not an '
+                f"MQTT access profile in {config.site.profiles_dir} (there: {known})"
+            )
     return problems
 
 

@@ -95,6 +95,9 @@ def access_point(ident: str) -> str:
     )
 
 
+MQTT = '\n[mqtt]\nhost = "127.0.0.1"\n'  # gates and barriers need the site broker
+
+
 def patrol_wand(ident: str) -> str:
     return f'\n[[devices.patrol_wands]]\nid = "{ident}"\ndevice = "/dev/ttyUSB9"\n'
 
@@ -237,6 +240,7 @@ def test_links_and_devices_of_every_kind(tmp_path: Path) -> None:
         + io_module("IO1", "L1", 2)
         + access_point("GATE1")
         + patrol_wand("WAND1")
+        + MQTT
     )
     config = load_site_config(write_site(tmp_path, text))
     assert [link.type for link in config.links] == ["modbus_tcp", "modbus_rtu"]
@@ -548,7 +552,7 @@ def test_config_error_hides_the_pydantic_error(tmp_path: Path) -> None:
 
 
 def test_device_ids_unique_across_meters_and_access_points(tmp_path: Path) -> None:
-    path = write_site(tmp_path, site_text(tcp_link("L1") + meter("X1") + access_point("X1")))
+    path = write_site(tmp_path, site_text(tcp_link("L1") + meter("X1") + access_point("X1") + MQTT))
     assert the_problem(path) == (
         f'{path}: devices.access_points[0].id: "X1" is already used by devices.meters[0].id'
     )
@@ -575,6 +579,7 @@ def test_duplicate_ids_across_all_device_kinds(tmp_path: Path) -> None:
         + patrol_wand("D")
         + meter("M2", unit_id=3)
         + meter("M2", unit_id=4)
+        + MQTT
     )
     path = write_site(tmp_path, text)
     assert problems(path) == [
@@ -598,7 +603,9 @@ def test_io_module_on_an_undeclared_link(tmp_path: Path) -> None:
 
 
 def test_a_link_must_be_a_link_not_a_device(tmp_path: Path) -> None:
-    path = write_site(tmp_path, site_text(tcp_link("L1") + access_point("G1") + meter("M1", "G1")))
+    path = write_site(
+        tmp_path, site_text(tcp_link("L1") + access_point("G1") + meter("M1", "G1") + MQTT)
+    )
     assert the_problem(path) == f'{path}: devices.meters[0].link: "G1" is not a declared link'
 
 
@@ -1012,3 +1019,21 @@ def _models(annotation: object) -> list[type]:
     for arg in typing.get_args(annotation):
         found += _models(arg)
     return found
+
+
+def test_access_points_need_the_site_broker(tmp_path: Path) -> None:
+    path = write_site(tmp_path, site_text(access_point("G1")))
+    assert the_problem(path) == (
+        f"{path}: devices.access_points: gates and barriers are read over MQTT — "
+        "add an [mqtt] table (the site broker)"
+    )
+
+
+def test_an_access_point_needs_an_mqtt_access_profile(tmp_path: Path) -> None:
+    text = site_text(access_point("G1").replace("generic-json-gate", "eastron-sdm120") + MQTT)
+    path = write_site(tmp_path, text)
+    problem = the_problem(path)
+    assert problem.startswith(
+        f'{path}: devices.access_points[0].profile: "eastron-sdm120" is not an MQTT access '
+        f"profile in {tmp_path / 'profiles'} (there: dahua-vto2mqtt, generic-json-gate"
+    )
