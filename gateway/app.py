@@ -104,7 +104,8 @@ class GatewayService:
         self.stop = asyncio.Event()
 
     def _devices(self) -> list[DeviceHealth]:
-        return self.modbus.devices() if self.modbus else []
+        polled = self.modbus.devices() if self.modbus else []
+        return polled + (self.access.devices() if self.access else [])
 
     async def run(self) -> RunSummary:
         """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
@@ -148,7 +149,7 @@ class GatewayService:
                     cfg,
                     journal,
                     self.modbus.book if self.modbus else None,
-                    self.modbus.devices if self.modbus else list,
+                    self._devices,
                     self.modbus.outputs if self.modbus else None,
                 ),
                 create_sync_router(journal, self.sync),

@@ -99,3 +99,75 @@ def test_gate_events_are_journalled_once_and_garbage_is_survived(
         assert "reason=not_utf8" in log and "reason=too_large" in log
     finally:
         gateway.close()
+
+
+def device_state(site: Site, device: str) -> str | None:
+    body = httpx.get(f"{site.url}/api/v1/devices", headers=site.headers("guard")).json()
+    return next((d["state"] for d in body["devices"] if d["device"] == device), None)
+
+
+def wait_state(site: Site, device: str, state: str, within_s: float = 10) -> None:
+    deadline = time.monotonic() + within_s
+    while device_state(site, device) != state:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{device} not {state} within {within_s} s")
+        time.sleep(0.1)
+
+
+def test_an_access_point_goes_offline_on_its_last_will_and_back_on_its_next_message(
+    tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    site = gate_site(tmp_path / "site", mqtt_broker)
+    gateway = GatewayProcess(site)
+    try:
+        gateway.wait_ready()
+        time.sleep(0.5)
+        assert device_state(site, "N-GATE-1") == "unknown"
+        with MqttTestClient(mqtt_broker) as device:
+            device.connect()
+            device.publish("site/gates/N-GATE-1/status", b"online", retain=True)
+            wait_state(site, "N-GATE-1", "online")
+            device.publish("site/gates/N-GATE-1/status", b"offline", retain=True)  # its Will
+            wait_state(site, "N-GATE-1", "offline")
+            opened = {"type": "opened", "door": 1, "seq": 7, "ts": "2026-11-23T08:00:00+08:00"}
+            device.publish("site/gates/N-GATE-1/event", json.dumps(opened))
+            wait_state(site, "N-GATE-1", "online")
+        events = httpx.get(
+            f"{site.url}/api/v1/events",
+            params={"kind": "device.health", "device": "N-GATE-1"},
+            headers=site.headers("guard"),
+        ).json()["events"]
+        assert sorted(e["payload"]["state"] for e in events) == ["offline", "online", "online"]
+    finally:
+        gateway.close()
+
+
+def test_a_camera_whose_keep_alives_stop_goes_offline(tmp_path: Path, mqtt_broker: Broker) -> None:
+    directory = tmp_path / "site"
+    site = write_site(
+        directory,
+        extra=(
+            f'\n[mqtt]\nhost = "{mqtt_broker.host}"\nport = {mqtt_broker.port}\n'
+            f'username = "{mqtt_broker.username}"\npassword = "{mqtt_broker.password}"\n'
+            '\n[[devices.access_points]]\nid = "CAM-IN"\nkind = "barrier"\n'
+            'profile = "lpr-camera-barrier"\ntopic_prefix = "device/SN1"\nlot = "SURFACE"\n'
+        ),
+    )
+    text = (PROFILES / "lpr-camera-barrier.toml").read_text(encoding="utf-8")
+    fast = text.replace("offline_after_s = 35.0", "offline_after_s = 1.5")
+    assert fast != text
+    (directory / "profiles" / "lpr-camera-barrier.toml").write_text(fast, encoding="utf-8")
+    gateway = GatewayProcess(site)
+    try:
+        gateway.wait_ready()
+        time.sleep(0.5)
+        with MqttTestClient(mqtt_broker) as camera:
+            camera.connect()
+            camera.publish("device/SN1/message/up/keep_alive", b'{"sn": "SN1"}')
+            wait_state(site, "CAM-IN", "online")
+            wait_state(site, "CAM-IN", "offline", within_s=6)  # silence, no Will
+            camera.publish("device/SN1/message/up/keep_alive", b'{"sn": "SN1"}')
+            wait_state(site, "CAM-IN", "online")
+        assert "no keep-alive for" in gateway.log()
+    finally:
+        gateway.close()

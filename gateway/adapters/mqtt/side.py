@@ -7,10 +7,16 @@ is counted by access point and reason, and logged the first time and every
 100th time after (a device sending garbage 10,000 times a second must not
 flood the log). A retained event message is a stale one (it describes the
 past, not a new passage) and is not journalled; retained status messages are.
+
+Health per access point: any message that maps is a sign of life (online);
+its Last Will or status "offline" takes it offline at once, and so does
+silence longer than its profile's keep-alive ``offline_after_s``. Each change
+is a ``device.health`` event, logged once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -20,6 +26,8 @@ from gateway.adapters.mqtt.mapping import MappedEvent, map_message
 from gateway.adapters.mqtt.profile import MqttProfile, load_mqtt_profiles
 from gateway.clock import Clock
 from gateway.config import AccessPoint, SiteConfig
+from gateway.events import Event
+from gateway.health import DeviceHealth, DeviceState, HealthChange
 from gateway.journal.store import Journal
 from gateway.supervisor import PartFactory
 
@@ -59,13 +67,17 @@ class AccessSide:
         )
         self.accepted: Counter[str] = Counter()
         self.rejected: Counter[tuple[str, str]] = Counter()
+        self.health = {p.id: DeviceHealth(p.id, p.kind, offline_after=1) for p in self.points}
 
     @classmethod
     def build(cls, config: SiteConfig, journal: Journal, clock: Clock) -> AccessSide:
         return cls(config, journal, clock, load_mqtt_profiles(config.site.profiles_dir))
 
     def parts(self) -> list[tuple[str, PartFactory]]:
-        return [("mqtt", self.broker.run)]
+        return [("mqtt", self.broker.run), ("mqtt-liveness", self._watch_keepalives)]
+
+    def devices(self) -> list[DeviceHealth]:
+        return list(self.health.values())
 
     def _route(self, topic: str) -> AccessPoint | None:
         for prefix, point in self._routes:
@@ -91,10 +103,52 @@ class AccessSide:
             return
         await self.journal.submit(event)
         self.accepted[point.id] += 1
+        health = self.health[point.id]
+        now = self.clock.now()
+        if event.kind == "device.status" and not event.payload["online"]:
+            await self._report(health.failure("last_will", "device reports offline", now))
+        else:
+            await self._report(health.success(now))
+
+    async def _watch_keepalives(self) -> None:
+        """Take a device offline when its keep-alives stop (no Last Will arrives
+        when the device's own uplink dies, only silence)."""
+        limits = {
+            p.id: liveness.offline_after_s
+            for p in self.points
+            if (liveness := self.profiles[p.profile].liveness) is not None
+            and liveness.offline_after_s is not None
+        }
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.clock.now()
+            for device, limit in limits.items():
+                health = self.health[device]
+                if health.state is not DeviceState.ONLINE or health.last_ok is None:
+                    continue
+                silent_s = (now - health.last_ok).total_seconds()
+                if silent_s > limit:
+                    message = f"no keep-alive for {silent_s:.0f} s (limit {limit:.0f} s)"
+                    await self._report(health.failure("keepalive_missed", message, now))
+
+    async def _report(self, change: HealthChange | None) -> None:
+        if change is None:
+            return
+        if change.state is DeviceState.ONLINE:
+            log.info("device online device=%s previous=%s", change.device, change.previous.value)
+        else:
+            log.warning(
+                "device %s device=%s reason=%s", change.state.value, change.device, change.reason
+            )
+        await self.journal.submit(
+            Event("device.health", change.device, change.payload(), received_at=self.clock.now())
+        )
 
     def _reject(self, device: str, reason: str, detail: str) -> None:
         key = (device, reason)
         self.rejected[key] += 1
+        if device in self.health:
+            self.health[device].counters[f"rejected_{reason}"] += 1
         count = self.rejected[key]
         if count == 1 or count % 100 == 0:
             log.warning(
