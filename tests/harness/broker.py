@@ -205,11 +205,14 @@ class Broker:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _mosquitto_setup(broker: Broker, binary: str, persistent: bool = False) -> None:
+def _mosquitto_setup(
+    broker: Broker, binary: str, persistent: bool = False, max_inflight: int | None = None
+) -> None:
     """Write mosquitto's config (and password file) and set the command line.
 
     ``persistent`` keeps sessions and queued messages across ``restart()``
-    (saved on SIGTERM), as a production broker cluster does.
+    (saved on SIGTERM), as a production broker cluster does. ``max_inflight``
+    sets how many unacknowledged QoS 1 messages a client may have (default 20).
     """
     workdir = broker._workdir
     lines = [
@@ -218,6 +221,7 @@ def _mosquitto_setup(broker: Broker, binary: str, persistent: bool = False) -> N
         # persistent session beyond this limit (default 1000); 0 = no limit,
         # so a burst a store-and-forward test expects is never lost here.
         "max_queued_messages 0",
+        *([f"max_inflight_messages {max_inflight}"] if max_inflight else []),
         *(
             ["persistence true", f"persistence_location {workdir}/"]
             if persistent
@@ -290,10 +294,11 @@ def run_broker(
     username: str = DEFAULT_USERNAME,
     password: str = DEFAULT_PASSWORD,
     persistent: bool = False,
+    max_inflight: int | None = None,
 ) -> Iterator[Broker]:
     """Run a broker of ``kind`` (default: ``default_broker_kind()``) for the ``with`` block.
 
-    ``persistent`` (mosquitto only) keeps sessions across restarts.
+    ``persistent`` and ``max_inflight`` (mosquitto only): see ``_mosquitto_setup``.
     Raises BrokerUnavailable if mosquitto is requested but not installed, and
     BrokerStartError (with the broker's log) if it does not come up.
     """
@@ -313,7 +318,7 @@ def run_broker(
             _workdir=Path(tmp),
         )
         if binary is not None:
-            _mosquitto_setup(broker, binary, persistent)
+            _mosquitto_setup(broker, binary, persistent, max_inflight)
         else:
             _amqtt_setup(broker)
         broker.start()

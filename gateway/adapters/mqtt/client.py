@@ -9,9 +9,10 @@ hold through crashes and broker restarts:
 * **Manual acknowledgement**: a message's PUBACK goes out only after the
   handler returned — i.e. after its event is committed to the journal. A
   gateway killed in between gets the message again (the event id from the
-  device's sequence number stores it once). PUBACKs go in arrival order, as
-  MQTT 3.1.1 requires; several messages are handled at once so their events
-  share group commits.
+  device's sequence number stores it once). Messages are handed over in
+  batches (everything that arrived while the last batch was handled), so a
+  burst costs one commit, and acknowledged in arrival order, as MQTT 3.1.1
+  requires.
 * **Bounded intake**: the broker sends at most its in-flight window of
   unacknowledged QoS 1 messages, so a flood from one device waits at the
   broker instead of growing our memory.
@@ -51,9 +52,9 @@ class Message:
     duplicate: bool
 
 
-Handler = Callable[[Message], Awaitable[None]]
-"""Handles one message; returns once what it made of it is durable (a bad
-payload is handled too: counted and logged, not raised)."""
+Handler = Callable[[list[Message]], Awaitable[None]]
+"""Handles a batch of messages in arrival order; returns once what it made of
+them is durable (a bad payload is handled too: counted and logged, not raised)."""
 
 
 class SiteBroker:
@@ -65,16 +66,14 @@ class SiteBroker:
         site_id: str,
         subscriptions: Sequence[str],
         handler: Handler,
-        *,
-        concurrency: int = 64,
     ) -> None:
         self.settings = settings
         self.subscriptions = tuple(subscriptions)
         self.status_topic = f"gateway/{site_id}/status"
         self._handler = handler
-        self._slots = asyncio.Semaphore(concurrency)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._unacked: deque[tuple[int, int, asyncio.Future[bool]]] = deque()
+        self._inbox: deque[mqtt.MQTTMessage] = deque()  # appended by paho's thread
+        self._arrived = asyncio.Event()
         self._connected = asyncio.Event()
         self.counters: Counter[str] = Counter()
         self.refused: str | None = None
@@ -108,7 +107,16 @@ class SiteBroker:
         self._client.connect_async(s.host, s.port, keepalive=30)
         self._client.loop_start()
         try:
-            await asyncio.Event().wait()
+            while True:
+                await self._arrived.wait()
+                self._arrived.clear()
+                while self._inbox:
+                    batch = [self._inbox.popleft() for _ in range(len(self._inbox))]
+                    if not await self._handle_durably(batch):
+                        return  # stopping: the broker sends them again next start
+                    for message in batch:
+                        if message.qos > 0:
+                            self._client.ack(message.mid, message.qos)
         finally:
             if self._connected.is_set():
                 # A goodbye, so the Will is not published; the status says why.
@@ -162,55 +170,34 @@ class SiteBroker:
             self._loop.call_soon_threadsafe(self._connected.clear)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._received, message)
+        self._inbox.append(message)
+        if self._loop is not None and not self._arrived.is_set():
+            self._loop.call_soon_threadsafe(self._arrived.set)
 
     # ---- the event loop --------------------------------------------------
 
-    def _received(self, message: mqtt.MQTTMessage) -> None:
-        self.counters["received"] += 1
-        done: asyncio.Future[bool] = self._loop.create_future()  # type: ignore[union-attr]
-        if message.qos > 0:
-            self._unacked.append((message.mid, message.qos, done))
-        asyncio.create_task(self._handle(message, done))  # noqa: RUF006 - tracked by `done`
-
-    async def _handle(self, message: mqtt.MQTTMessage, done: asyncio.Future[bool]) -> None:
-        item = Message(
-            message.topic, bytes(message.payload), bool(message.retain), bool(message.dup)
-        )
-        async with self._slots:
-            done.set_result(await self._handle_durably(item))
-        self._ack_in_order()
-
-    async def _handle_durably(self, item: Message) -> bool:
+    async def _handle_durably(self, raw: list[mqtt.MQTTMessage]) -> bool:
         """Run the handler until what it made is durable; whether to acknowledge.
 
-        A journal that cannot write (disk full) is waited out: the message stays
-        unacknowledged and in order. When the service stops, it is left to the
-        broker to send again. Any other error is a bug for one message: logged
-        with its topic, counted, and acknowledged so the gates feed goes on."""
+        A journal that cannot write (disk full) is waited out: the messages stay
+        unacknowledged and in order. When the service stops, they are left to
+        the broker to send again. Any other error is a bug: logged, counted, and
+        the batch acknowledged so the gates feed goes on."""
+        self.counters["received"] += len(raw)
+        batch = [Message(m.topic, bytes(m.payload), bool(m.retain), bool(m.dup)) for m in raw]
         delay = 0.5
         while True:
             try:
-                await self._handler(item)
+                await self._handler(batch)
             except JournalClosed:
                 return False
             except JournalError as exc:
                 self.counters["journal_retries"] += 1
-                log.error("mqtt message waits for the journal topic=%s error=%s", item.topic, exc)
+                log.error("mqtt messages wait for the journal count=%d error=%s", len(batch), exc)
                 await asyncio.sleep(delay)
                 delay = min(30.0, delay * 2)
                 continue
             except Exception:
                 self.counters["handler_errors"] += 1
-                log.exception("mqtt message handler failed topic=%s", item.topic)
+                log.exception("mqtt message handler failed count=%d", len(batch))
             return True
-
-    def _ack_in_order(self) -> None:
-        """PUBACK the handled messages at the head of the queue, in arrival order."""
-        while self._unacked and self._unacked[0][2].done():
-            mid, qos, done = self._unacked.popleft()
-            if not done.result():  # stopping: these come again next start
-                self._unacked.clear()
-                return
-            self._client.ack(mid, qos)

@@ -85,30 +85,34 @@ class AccessSide:
                 return point
         return None
 
-    async def handle(self, message: Message) -> None:
-        """Map one message and, if it is an event, commit it (then it is acknowledged)."""
-        point = self._route(message.topic)
-        if point is None:
-            self._reject("-", "unknown_topic", message.topic)
-            return
-        result = map_message(
-            point, self.profiles[point.profile], message.topic, message.payload, self.clock.now()
-        )
-        if not isinstance(result, MappedEvent):
-            self._reject(point.id, result.reason, result.detail)
-            return
-        event = result.event
-        if message.retained and event.kind not in _ALWAYS_CURRENT:
-            self._reject(point.id, "stale_retained", event.kind)
-            return
-        await self.journal.submit(event)
-        self.accepted[point.id] += 1
-        health = self.health[point.id]
+    async def handle(self, batch: list[Message]) -> None:
+        """Map a batch of messages; commit its events together (then they are acknowledged)."""
         now = self.clock.now()
-        if event.kind == "device.status" and not event.payload["online"]:
-            await self._report(health.failure("last_will", "device reports offline", now))
-        else:
-            await self._report(health.success(now))
+        events: list[tuple[AccessPoint, Event]] = []
+        for message in batch:
+            point = self._route(message.topic)
+            if point is None:
+                self._reject("-", "unknown_topic", message.topic)
+                continue
+            result = map_message(
+                point, self.profiles[point.profile], message.topic, message.payload, now
+            )
+            if not isinstance(result, MappedEvent):
+                self._reject(point.id, result.reason, result.detail)
+            elif message.retained and result.event.kind not in _ALWAYS_CURRENT:
+                self._reject(point.id, "stale_retained", result.event.kind)
+            else:
+                events.append((point, result.event))
+        if not events:
+            return
+        await self.journal.submit_many([event for _, event in events])
+        for point, event in events:
+            self.accepted[point.id] += 1
+            health = self.health[point.id]
+            if event.kind == "device.status" and not event.payload["online"]:
+                await self._report(health.failure("last_will", "device reports offline", now))
+            else:
+                await self._report(health.success(now))
 
     async def _watch_keepalives(self) -> None:
         """Take a device offline when its keep-alives stop (no Last Will arrives
