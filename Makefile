@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/rtu_bus.py
 	$(BIN)/python bench/site_load.py
 	$(BIN)/python bench/sync_drain.py
+	$(BIN)/python bench/mqtt_ingest.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
