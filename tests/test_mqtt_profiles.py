@@ -3,19 +3,20 @@
 Each shipped profile maps realistic vendor messages to the right normalised
 event; every rejection reason is produced by a matching bad input; bad
 profiles give one clear line each; and no bytes or topic make the mapping
-raise (a seeded fuzz loop until hypothesis is a dependency).
+raise (hypothesis, a few thousand messages per profile).
 """
 
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.adapters.mqtt.mapping import (
     MAX_PAYLOAD,
@@ -456,54 +457,69 @@ def test_bad_profiles_reported_together(tmp_path: Path) -> None:
 # ---- never raises ------------------------------------------------------------------------
 
 
-def _random_json(rng: random.Random, depth: int = 0) -> Any:
-    choice = rng.randrange(9 if depth < 4 else 6)
-    if choice == 0:
-        return None
-    if choice == 1:
-        return rng.choice([True, False])
-    if choice == 2:
-        return rng.randint(-(2**63), 2**63)
-    if choice == 3:
-        return rng.uniform(-1e12, 1e12)
-    if choice in (4, 5):
-        return "".join(chr(rng.randrange(0x20, 0x3000)) for _ in range(rng.randrange(8)))
-    if choice == 6:
-        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
-    keys = ["type", "card", "seq", "ts", "event", "Data", "result", "state", "status", "id"]
-    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randrange(5))}
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                ["type", "card", "seq", "ts", "event", "Data", "result", "state", "status", "id"]
+            )
+            | st.text(max_size=8),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=20,
+)
+SAMPLES = {
+    "generic-json-gate": (GATE, json.dumps({"type": "granted", "seq": 1}).encode()),
+    "uhppoted-mqtt": (UHPPOTE, json.dumps(uhppoted()).encode()),
+    "dahua-vto2mqtt": (VTO, json.dumps(vto()).encode()),
+    "lpr-camera-barrier": (CAMERA, json.dumps(plate()).encode()),
+}
 
 
-def test_mapping_never_raises(profiles: dict[str, MqttProfile]) -> None:
-    """Random bytes, random JSON and mutated real messages on every topic of every profile."""
-    rng = random.Random(20261123)
-    points = {
-        "generic-json-gate": (GATE, [json.dumps({"type": "granted", "seq": 1}).encode()]),
-        "uhppoted-mqtt": (UHPPOTE, [json.dumps(uhppoted()).encode()]),
-        "dahua-vto2mqtt": (VTO, [json.dumps(vto()).encode()]),
-        "lpr-camera-barrier": (CAMERA, [json.dumps(plate()).encode()]),
-    }
-    outcomes: set[str] = set()
-    for name, profile in profiles.items():
-        point, samples = points[name]
-        filters = profile.subscriptions(point.topic_prefix)
-        topics = [topic.replace("+", "x").replace("#", "y") for topic in filters]
-        topics += [point.topic_prefix, "", "/"]
-        for _ in range(1500):
-            kind = rng.randrange(3)
-            if kind == 0:
-                payload = rng.randbytes(rng.randrange(64))
-            elif kind == 1:
-                payload = json.dumps(_random_json(rng)).encode()
-            else:
-                sample = bytearray(rng.choice(samples))
-                for _ in range(rng.randrange(1, 4)):
-                    sample[rng.randrange(len(sample))] = rng.randrange(256)
-                payload = bytes(sample)
-            result = map_message(point, profile, rng.choice(topics), payload, NOW)
-            if isinstance(result, MappedEvent):
-                result.event.as_row()  # whatever is accepted can be stored
-                outcomes.add("mapped")
-            else:
-                outcomes.add(result.reason)
-    assert "mapped" in outcomes and "not_json" in outcomes and "not_utf8" in outcomes
+def _mutated(sample: bytes) -> st.SearchStrategy[bytes]:
+    """A real message with a few bytes changed."""
+    return st.lists(
+        st.tuples(st.integers(0, len(sample) - 1), st.integers(0, 255)), min_size=1, max_size=4
+    ).map(lambda edits: _apply(sample, edits))
+
+
+def _apply(sample: bytes, edits: list[tuple[int, int]]) -> bytes:
+    data = bytearray(sample)
+    for index, value in edits:
+        data[index] = value
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_mapping_never_raises(name: str, profiles: dict[str, MqttProfile]) -> None:
+    """Random bytes, random JSON and mutated real messages on every topic of each profile."""
+    profile = profiles[name]
+    point, sample = SAMPLES[name]
+    topics = [
+        t.replace("+", "x").replace("#", "y") for t in profile.subscriptions(point.topic_prefix)
+    ]
+    payloads = (
+        st.binary(max_size=256) | _JSON.map(lambda v: json.dumps(v).encode()) | _mutated(sample)
+    )
+
+    @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        topic=st.sampled_from([*topics, point.topic_prefix, ""]) | st.text(max_size=30),
+        payload=payloads,
+    )
+    def check(topic: str, payload: bytes) -> None:
+        result = map_message(point, profile, topic, payload, NOW)
+        if isinstance(result, MappedEvent):
+            result.event.as_row()  # whatever is accepted can be stored
+        else:
+            assert result.reason in REJECT_REASONS
+
+    check()
