@@ -32,6 +32,7 @@ from gateway.journal.store import Journal
 from gateway.metrics import GatewayMetrics
 from gateway.supervisor import PartFactory, PartHealth, Supervisor
 from gateway.sync.side import SyncSide
+from gateway.web.access import create_access_router
 from gateway.web.api import ApiContext, create_api
 from gateway.web.meters import create_meter_router
 from gateway.web.sync import create_sync_router
@@ -153,6 +154,7 @@ class GatewayService:
                     self.modbus.outputs if self.modbus else None,
                 ),
                 create_sync_router(journal, self.sync),
+                create_access_router(journal, self.access.commands if self.access else None),
             ],
         )
         self.supervisor.add("api", lambda: _serve_api(api, sock))

@@ -31,6 +31,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "outputs.switch": frozenset({"supervisor", "admin"}),
     "sync.read": frozenset({"guard", "supervisor", "admin", "central"}),
     "sync.requeue": frozenset({"supervisor", "admin"}),
+    "access.command": frozenset({"supervisor", "admin"}),
 }
 """Permission name → roles holding it. Endpoints ask for a permission, never a role."""
 

@@ -23,3 +23,13 @@ class OutputCommands(Protocol):
     async def set_output(self, device: str, output: int, on: bool) -> None:
         """Return once the device confirmed; raise CommandFailed otherwise."""
         ...
+
+
+class DeviceCommands(Protocol):
+    """Open a door, raise a barrier, hold open, release (gates and barriers)."""
+
+    def supports(self, device: str, action: str) -> bool: ...
+
+    async def command(self, device: str, action: str, *, door: int = 1, duration_s: int = 0) -> str:
+        """Return the request id once the device confirmed; raise CommandFailed otherwise."""
+        ...

@@ -4,12 +4,15 @@ bad messages counted and survived (a real broker, ``gateway run``)."""
 from __future__ import annotations
 
 import json
+import queue
 import shutil
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.harness.broker import Broker, MqttTestClient
 from tests.harness.site import GatewayProcess, Site, write_site
@@ -170,4 +173,83 @@ def test_a_camera_whose_keep_alives_stop_goes_offline(tmp_path: Path, mqtt_broke
             wait_state(site, "CAM-IN", "online")
         assert "no keep-alive for" in gateway.log()
     finally:
+        gateway.close()
+
+
+def command_site(directory: Path, broker: Broker) -> Site:
+    site = gate_site(directory, broker)
+    profile = directory / "profiles" / "generic-json-gate.toml"
+    text = profile.read_text(encoding="utf-8")
+    fast = text.replace("timeout_s = 5.0", "timeout_s = 1.0")
+    assert fast != text
+    profile.write_text(fast, encoding="utf-8")
+    return site
+
+
+def answer_commands(device: MqttTestClient, ok: bool, stop: threading.Event) -> None:
+    """The simulated controller: answers each command on its reply topic."""
+    while not stop.is_set():
+        try:
+            message = device.messages.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        request = json.loads(message.payload)
+        reply = {"id": request["id"], "ok": ok}
+        device.publish("site/gates/N-GATE-1/command/reply", json.dumps(reply))
+
+
+def open_door(site: Site, role: str) -> httpx.Response:
+    return httpx.post(
+        f"{site.url}/api/v1/access/N-GATE-1/commands",
+        json={"action": "open_door", "reason": "访客证件核验后放行", "door": 1},
+        headers=site.headers(role),
+        timeout=10,
+    )
+
+
+@pytest.mark.parametrize("answer", ["ok", "refused", "silent"])
+def test_a_remote_open_is_done_only_when_the_controller_confirms(
+    tmp_path: Path, mqtt_broker: Broker, answer: str
+) -> None:
+    site = command_site(tmp_path / "site", mqtt_broker)
+    gateway = GatewayProcess(site)
+    stop = threading.Event()
+    try:
+        gateway.wait_ready()
+        with MqttTestClient(mqtt_broker) as device:
+            device.connect()
+            device.subscribe("site/gates/N-GATE-1/command/open")
+            responder = threading.Thread(
+                target=answer_commands, args=(device, answer == "ok", stop), daemon=True
+            )
+            if answer != "silent":
+                responder.start()
+            time.sleep(0.5)
+            assert open_door(site, "guard").status_code == 403
+            started = time.monotonic()
+            response = open_door(site, "supervisor")
+            stop.set()
+            if responder.is_alive():
+                responder.join(5)
+        if answer == "ok":
+            assert response.status_code == 200, response.text
+            assert response.json()["done"] is True
+        else:
+            assert response.status_code == 502
+            expected = "refused" if answer == "refused" else "no answer from the device in 1 s"
+            assert expected in response.json()["detail"]
+            assert time.monotonic() - started < 5
+        events = httpx.get(
+            f"{site.url}/api/v1/events",
+            params={"kind": "access.command"},
+            headers=site.headers("guard"),
+        ).json()["events"]
+        [event] = events
+        assert event["payload"]["done"] is (answer == "ok")
+        assert event["payload"]["by"] == "supervisor1"
+        audit = httpx.get(f"{site.url}/api/v1/audit", headers=site.headers("supervisor")).json()
+        [entry] = [a for a in audit["audit"] if a["action"] == "access.open_door"]
+        assert entry["reason"] == "访客证件核验后放行" and entry["target"] == "N-GATE-1"
+    finally:
+        stop.set()
         gateway.close()

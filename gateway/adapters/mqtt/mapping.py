@@ -64,7 +64,7 @@ _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 _SEQUENCE = re.compile(r"^[\x21-\x7e]{1,64}$")  # must fit in an event id
 _LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
-_MISSING = object()
+MISSING = object()
 
 
 class AccessPointLike(Protocol):
@@ -202,17 +202,17 @@ def _parse_object(payload: bytes) -> dict[str, Any]:
 # ---- fields ------------------------------------------------------------------------------
 
 
-def _get(data: Any, path: tuple[str, ...]) -> Any:
-    """The value at a dot path (a digit part indexes a list), or ``_MISSING``."""
+def field_at(data: Any, path: tuple[str, ...]) -> Any:
+    """The value at a dot path (a digit part indexes a list), or ``MISSING``."""
     for part in path:
         if isinstance(data, dict):
-            data = data.get(part, _MISSING)
+            data = data.get(part, MISSING)
         elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
             data = data[int(part)]
         else:
-            return _MISSING
-        if data is _MISSING:
-            return _MISSING
+            return MISSING
+        if data is MISSING:
+            return MISSING
     return data
 
 
@@ -227,7 +227,7 @@ def _scalar_key(value: Any, path: tuple[str, ...]) -> str:
 
 
 def _holds(condition: Condition, data: dict[str, Any]) -> bool:
-    value = _get(data, condition.path)
+    value = field_at(data, condition.path)
     if not isinstance(value, str | int | float):
         return False
     return value_key(value) == condition.equals
@@ -241,8 +241,8 @@ def _kind(rule: Rule, data: dict[str, Any]) -> str:
     if rule.kind is not None:
         return rule.kind
     assert rule.kind_path is not None  # a rule has kind or kind_field (validated)
-    value = _get(data, rule.kind_path)
-    if value is _MISSING or value is None:
+    value = field_at(data, rule.kind_path)
+    if value is MISSING or value is None:
         raise _Reject("missing_field", f"{_name(rule.kind_path)} (the event kind) is missing")
     key = _scalar_key(value, rule.kind_path)
     kind = _lookup(rule.kind_map, key)
@@ -278,8 +278,8 @@ def _field(rule: Rule, name: str, value: Any, path: tuple[str, ...]) -> str | fl
 def _fields(rule: Rule, data: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = dict(rule.fixed)
     for name, path in rule.fields.items():
-        value = _get(data, path)
-        if value is _MISSING or value is None or value == "":
+        value = field_at(data, path)
+        if value is MISSING or value is None or value == "":
             if name in rule.required:
                 raise _Reject("missing_field", f"{_name(path)} ({name}) is missing")
             continue
@@ -290,8 +290,8 @@ def _fields(rule: Rule, data: dict[str, Any]) -> dict[str, Any]:
 def _sequence(profile: MqttProfile, data: dict[str, Any]) -> str | None:
     if profile.sequence is None:
         return None
-    value = _get(data, profile.sequence)
-    if value is _MISSING or value is None:
+    value = field_at(data, profile.sequence)
+    if value is MISSING or value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64:
         return str(value)
@@ -306,8 +306,8 @@ def _sequence(profile: MqttProfile, data: dict[str, Any]) -> str | None:
 def _device_time(spec: DeviceTime | None, data: dict[str, Any]) -> datetime | None:
     if spec is None:
         return None
-    value = _get(data, spec.path)
-    if value is _MISSING or value is None:
+    value = field_at(data, spec.path)
+    if value is MISSING or value is None:
         return None
     where = _name(spec.path)
     moment = _to_datetime(spec, value, where)
@@ -391,8 +391,8 @@ def _status(
     if liveness.status_path is not None:
         if not isinstance(raw, dict):
             raise _Reject("not_an_object", f"status on {_short(topic)} is not a JSON object")
-        value = _get(raw, liveness.status_path)
-        if value is _MISSING or value is None:
+        value = field_at(raw, liveness.status_path)
+        if value is MISSING or value is None:
             raise _Reject("missing_field", f"{_name(liveness.status_path)} (status) is missing")
         key = _scalar_key(value, liveness.status_path)
     elif isinstance(raw, str | int | float):

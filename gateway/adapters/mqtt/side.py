@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from gateway.adapters.mqtt.client import Message, SiteBroker
+from gateway.adapters.mqtt.commands import AccessCommands
 from gateway.adapters.mqtt.mapping import MappedEvent, map_message
 from gateway.adapters.mqtt.profile import MqttProfile, load_mqtt_profiles
 from gateway.clock import Clock
@@ -65,6 +66,7 @@ class AccessSide:
         self.broker = SiteBroker(
             config.mqtt, config.site.id, list(dict.fromkeys(subscriptions)), self.handle
         )
+        self.commands = AccessCommands(self.broker, {p.id: p for p in self.points}, dict(profiles))
         self.accepted: Counter[str] = Counter()
         self.rejected: Counter[tuple[str, str]] = Counter()
         self.health = {p.id: DeviceHealth(p.id, p.kind, offline_after=1) for p in self.points}
@@ -90,6 +92,8 @@ class AccessSide:
         now = self.clock.now()
         events: list[tuple[AccessPoint, Event]] = []
         for message in batch:
+            if self.commands.offer(message):
+                continue
             point = self._route(message.topic)
             if point is None:
                 self._reject("-", "unknown_topic", message.topic)
@@ -108,6 +112,7 @@ class AccessSide:
         await self.journal.submit_many([event for _, event in events])
         for point, event in events:
             self.accepted[point.id] += 1
+            self.commands.saw_event(point.id, event.kind)
             health = self.health[point.id]
             if event.kind == "device.status" and not event.payload["online"]:
                 await self._report(health.failure("last_will", "device reports offline", now))
