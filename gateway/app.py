@@ -154,7 +154,9 @@ class GatewayService:
                     self.modbus.outputs if self.modbus else None,
                 ),
                 create_sync_router(journal, self.sync),
-                create_access_router(journal, self.access.commands if self.access else None),
+                create_access_router(
+                    journal, self.access.commands if self.access else None, cfg.parking.lots
+                ),
             ],
         )
         self.supervisor.add("api", lambda: _serve_api(api, sock))

@@ -32,6 +32,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "sync.read": frozenset({"guard", "supervisor", "admin", "central"}),
     "sync.requeue": frozenset({"supervisor", "admin"}),
     "access.command": frozenset({"supervisor", "admin"}),
+    "parking.recount": frozenset({"guard", "supervisor", "admin"}),
 }
 """Permission name → roles holding it. Endpoints ask for a permission, never a role."""
 

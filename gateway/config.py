@@ -277,6 +277,23 @@ class Devices(_Section):
     patrol_wands: list[PatrolWand] = []
 
 
+VehicleClass = Literal["temporary", "monthly", "vip", "stored_value"]
+
+
+class ParkingLot(_Section):
+    """A car park counted from its barriers' vehicle entry and exit events."""
+
+    id: Ident
+    name: str = Field(min_length=1)
+    inside: Ident | None = None
+    spaces: StrictInt = Field(ge=0)
+    classes: dict[VehicleClass, Annotated[StrictInt, Field(ge=0)]] = {}
+
+
+class Parking(_Section):
+    lots: list[ParkingLot] = []
+
+
 class MqttUpstream(_HasSecrets):
     """The central MQTT broker cluster, when ``sync.transport = "mqtt"``."""
 
@@ -342,6 +359,7 @@ class SiteConfig(_Section):
     mqtt: MqttBroker | None = None
     links: list[Link] = []
     devices: Devices = Devices()
+    parking: Parking = Parking()
     sync: SyncSettings | None = None
     users: list[User] = []
     _source: Path = PrivateAttr(default=Path("<memory>"))
@@ -453,6 +471,7 @@ def _cross_checks(config: SiteConfig, source: str) -> list[str]:
     plan = config.site.contingency_plan
     if plan is not None and not plan.is_file():
         problems.append(f'{source}: site.contingency_plan: "{plan}" does not exist')
+    problems += _parking_checks(config, source)
     sync = config.sync
     if sync is not None and sync.transport == "mqtt" and sync.mqtt is None:
         problems.append(
@@ -462,6 +481,38 @@ def _cross_checks(config: SiteConfig, source: str) -> list[str]:
         ca_file = sync.mqtt.ca_file
         if ca_file is not None and not ca_file.is_file():
             problems.append(f'{source}: sync.mqtt.ca_file: "{ca_file}" does not exist')
+    return problems
+
+
+def _parking_checks(config: SiteConfig, source: str) -> list[str]:
+    """Lots are unique, nested in declared lots, and what barriers count into."""
+    lots = config.parking.lots
+    problems: list[str] = []
+    ids: dict[str, int] = {}
+    for i, lot in enumerate(lots):
+        if lot.id in ids:
+            problems.append(
+                f'{source}: parking.lots[{i}].id: "{lot.id}" is already used by '
+                f"parking.lots[{ids[lot.id]}].id"
+            )
+        ids.setdefault(lot.id, i)
+        if sum(lot.classes.values()) > lot.spaces:
+            problems.append(
+                f"{source}: parking.lots[{i}].classes: {sum(lot.classes.values())} spaces by "
+                f"class is more than the lot's {lot.spaces}"
+            )
+    for i, lot in enumerate(lots):
+        if lot.inside is not None and (lot.inside not in ids or lot.inside == lot.id):
+            problems.append(
+                f'{source}: parking.lots[{i}].inside: "{lot.inside}" is not another lot'
+            )
+    if lots:
+        for i, point in enumerate(config.devices.access_points):
+            if point.lot is not None and point.lot not in ids:
+                problems.append(
+                    f'{source}: devices.access_points[{i}].lot: "{point.lot}" is not a '
+                    "lot of [[parking.lots]]"
+                )
     return problems
 
 

@@ -125,6 +125,7 @@ def test_the_model_walk_finds_every_table() -> None:
         "[[devices.io_modules.outputs]]",
         "[[devices.access_points]]",
         "[[devices.patrol_wands]]",
+        "[[parking.lots]]",
         "[sync]",
         "[sync.mqtt]",
         "[[users]]",

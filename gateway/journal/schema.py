@@ -176,10 +176,24 @@ def _sync(conn: sqlite3.Connection) -> None:
     )
 
 
+def _parking(conn: sqlite3.Connection) -> None:
+    # Cars in each lot by vehicle class, updated in the commit of the barrier's
+    # event, so a redelivered event (same id, not inserted again) counts once.
+    conn.execute(
+        """CREATE TABLE occupancy (
+            lot TEXT NOT NULL,
+            class TEXT NOT NULL,              -- temporary | monthly | vip | stored_value | unknown
+            count INTEGER NOT NULL,
+            PRIMARY KEY (lot, class)
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events and audit", _initial),
     Migration(2, "meter baselines and period closes", _meters),
     Migration(3, "sync outbox, dead letters, central tickets and notices", _sync),
+    Migration(4, "parking occupancy", _parking),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

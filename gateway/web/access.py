@@ -8,7 +8,8 @@ device did not confirm within its profile's timeout.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,9 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.audit import insert_audit
 from gateway.auth import Principal
 from gateway.commands import CommandFailed, DeviceCommands
+from gateway.config import ParkingLot
 from gateway.events import Event
 from gateway.journal.store import Journal, insert_events
+from gateway.parking import occupancy, recount
 from gateway.web.security import require
+
+
+class RecountIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    counts: dict[
+        Literal["temporary", "monthly", "vip", "stored_value", "unknown"],
+        Annotated[int, Field(ge=0, le=100_000)],
+    ]
+    reason: str = Field(min_length=2, max_length=500)
 
 
 class CommandIn(BaseModel):
@@ -29,9 +41,51 @@ class CommandIn(BaseModel):
     duration_s: int = Field(default=0, ge=0, le=86_400)
 
 
-def create_access_router(journal: Journal, commands: DeviceCommands | None) -> APIRouter:
-    """Routes under /api/v1 for gates and barriers."""
+def create_access_router(
+    journal: Journal, commands: DeviceCommands | None, lots: Sequence[ParkingLot]
+) -> APIRouter:
+    """Routes under /api/v1 for gates, barriers and car parks."""
     router = APIRouter(prefix="/api/v1", tags=["access"])
+    lot_ids = {lot.id for lot in lots}
+
+    @router.get("/parking")
+    async def parking(_: Principal = Depends(require("devices.read"))) -> dict[str, Any]:  # noqa: B008
+        """Each lot: cars by class, spaces, free, full (per class)."""
+        return {"lots": await journal.query(lambda conn: occupancy(conn, lots))}
+
+    @router.post("/parking/{lot}/recount")
+    async def parking_recount(
+        lot: str,
+        body: RecountIn,
+        who: Principal = Depends(require("parking.recount")),  # noqa: B008
+    ) -> dict[str, Any]:
+        """A guard's count of a lot replaces the drifted one; audited."""
+        if lot not in lot_ids:
+            raise HTTPException(404, f"{lot} is not a lot of this site")
+        counts: dict[str, int] = {str(k): v for k, v in body.counts.items()}
+
+        def op(conn: Any) -> dict[str, int]:
+            before = recount(conn, lot, counts)
+            insert_events(
+                conn,
+                [
+                    Event(
+                        "parking.recount", lot, {"counts": counts, "before": before, "by": who.name}
+                    )
+                ],
+            )
+            insert_audit(
+                conn,
+                who,
+                "parking.recount",
+                lot,
+                reason=body.reason,
+                detail={"counts": counts, "before": before},
+            )
+            return before
+
+        before = await journal.write(op)
+        return {"lot": lot, "counts": counts, "before": before}
 
     @router.post("/access/{device}/commands")
     async def send_command(

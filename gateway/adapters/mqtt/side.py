@@ -30,6 +30,7 @@ from gateway.config import AccessPoint, SiteConfig
 from gateway.events import Event
 from gateway.health import DeviceHealth, DeviceState, HealthChange
 from gateway.journal.store import Journal
+from gateway.parking import VEHICLE_KINDS, record_vehicle_events
 from gateway.supervisor import PartFactory
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class AccessSide:
         self.journal = journal
         self.clock = clock
         self.points: Sequence[AccessPoint] = config.devices.access_points
+        self.lots = config.parking.lots
         self.profiles = profiles
         # Longest prefix first: "gates/north/2" must not be taken by "gates/north".
         self._routes = sorted(
@@ -109,7 +111,13 @@ class AccessSide:
                 events.append((point, result.event))
         if not events:
             return
-        await self.journal.submit_many([event for _, event in events])
+        journalled = [event for _, event in events]
+        if self.lots and any(event.kind in VEHICLE_KINDS for event in journalled):
+            await self.journal.write(
+                lambda conn: record_vehicle_events(conn, journalled, self.lots)
+            )
+        else:
+            await self.journal.submit_many(journalled)
         for point, event in events:
             self.accepted[point.id] += 1
             self.commands.saw_event(point.id, event.kind)
