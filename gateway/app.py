@@ -99,12 +99,13 @@ class GatewayService:
         self.metrics = GatewayMetrics(
             lambda: self.journal,
             self.supervisor.health,
-            self._devices,
+            self.devices,
             lambda: self.sync,
         )
         self.stop = asyncio.Event()
 
-    def _devices(self) -> list[DeviceHealth]:
+    def devices(self) -> list[DeviceHealth]:
+        """Every device the gateway watches: polled meters and modules, access points."""
         polled = self.modbus.devices() if self.modbus else []
         return polled + (self.access.devices() if self.access else [])
 
@@ -134,7 +135,7 @@ class GatewayService:
             for name, factory in self.access.parts():
                 self.supervisor.add(name, factory)
         if cfg.sync is not None:
-            self.sync = SyncSide(cfg.sync, cfg.site.id, journal, self.clock, self._devices)
+            self.sync = SyncSide(cfg.sync, cfg.site.id, journal, self.clock, self.devices)
             for name, factory in self.sync.parts():
                 self.supervisor.add(name, factory)
         api = create_api(
@@ -150,7 +151,7 @@ class GatewayService:
                     cfg,
                     journal,
                     self.modbus.book if self.modbus else None,
-                    self._devices,
+                    self.devices,
                     self.modbus.outputs if self.modbus else None,
                 ),
                 create_sync_router(journal, self.sync),

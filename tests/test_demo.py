@@ -44,6 +44,9 @@ def test_demo_runs_for_its_duration_and_prints_a_summary(tmp_path: Path) -> None
     assert re.search(r"central system \(sim\): +http://127\.0\.0\.1:\d+/", out)
     delivered = re.search(r"central holds (\d+) readings", summary)
     assert delivered is not None and int(delivered.group(1)) > 0
+    # The embedded broker carries the simulated gates and barriers.
+    gates = re.search(r"gates: +(\d+) messages", summary)
+    assert gates is not None and int(gates.group(1)) > 0
     # The site file the demo ran on is written next to the journal and is valid.
     check = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "check-config", str(tmp_path / "demo-site.toml")],

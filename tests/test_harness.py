@@ -13,6 +13,7 @@ from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusIOException
 
+from gateway.sim.ports import free_tcp_port, port_is_open
 from tests.harness.broker import (
     BROKER_KINDS,
     Broker,
@@ -24,7 +25,6 @@ from tests.harness.modbus import (
     ModbusTcpServer,
     float32_to_registers,
 )
-from tests.harness.ports import free_tcp_port, port_is_open
 from tests.harness.serial_line import PtyPair, open_serial
 
 both_brokers = pytest.mark.parametrize("mqtt_broker", BROKER_KINDS, indirect=True)

@@ -10,6 +10,11 @@ never stored in clear) and keeps its journal under ``--data``, so a second run
 continues the same journal. After 30 s one building main goes silent, as a
 guard would see a dead meter; a minute later it answers again.
 
+Gates and barriers: an embedded MQTT broker (Mosquitto if installed, else
+amqtt) carries two turnstiles and four plate-camera barriers of the simulated
+compound (``gateway.sim.gates``), counted into the surface lot and the garage;
+at 90 s the garage's entry arm jams (a ``barrier.fault``).
+
 The central billing and ticket system is the reference receiver
 (``gateway.sync.receiver``) on another port of 127.0.0.1, with its own
 database under ``--data``; its page lists what the gateway delivered. At
@@ -19,11 +24,14 @@ database under ``--data``; its page lists what the gateway delivered. At
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import tomllib
 from collections import Counter
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from gateway.app import GatewayService, RunSummary
 from gateway.auth import hash_token, new_token
@@ -31,7 +39,10 @@ from gateway.config import SiteConfig, load_site_config
 from gateway.health import DeviceHealth
 from gateway.journal.queries import count_events
 from gateway.profiles import load_profiles
+from gateway.sim.broker import Broker, BrokerStartError, BrokerUnavailable, run_broker
+from gateway.sim.gates import GateTraffic, SimBarrier, SimGate
 from gateway.sim.meters import MeterFleet, SiteLayout, reference_slice, shipped_profiles_dir
+from gateway.supervisor import PartFactory
 from gateway.sync.receiver import CentralReceiver
 
 DEMO_TOWERS = 2
@@ -40,6 +51,7 @@ MAIN_POLL_S = 10.0
 FAULT_AT_S = 30.0  # a building main stops answering …
 FAULT_FOR_S = 60.0  # … for this long
 FAULTY_METER = "B02-MAIN"
+BARRIER_STUCK_AT_S = 90.0
 WAN_DOWN_AT_S = 120.0
 WAN_DOWN_FOR_S = 60.0
 
@@ -55,6 +67,40 @@ def demo_layout() -> SiteLayout:
     )
 
 
+DEMO_GATES = [
+    SimGate("N-GATE-P1", "site/gates/N-GATE-P1"),
+    SimGate("S-GATE-P1", "site/gates/S-GATE-P1"),
+]
+DEMO_BARRIERS = [
+    SimBarrier("N-BAR-IN", "device/N-BAR-IN", "SURFACE", "in"),
+    SimBarrier("N-BAR-OUT", "device/N-BAR-OUT", "SURFACE", "out"),
+    SimBarrier("G-BAR-IN", "device/G-BAR-IN", "GARAGE", "in"),
+    SimBarrier("G-BAR-OUT", "device/G-BAR-OUT", "GARAGE", "out"),
+]
+
+
+def _gates_toml(broker: Broker) -> str:
+    """The site file's [mqtt], access points and car parks for the simulated gates."""
+    points = "".join(
+        f'\n[[devices.access_points]]\nid = "{g.id}"\nkind = "turnstile"\n'
+        f'profile = "generic-json-gate"\ntopic_prefix = "{g.topic_prefix}"\n'
+        for g in DEMO_GATES
+    ) + "".join(
+        f'\n[[devices.access_points]]\nid = "{b.id}"\nkind = "barrier"\n'
+        f'profile = "lpr-camera-barrier"\ntopic_prefix = "{b.topic_prefix}"\nlot = "{b.lot}"\n'
+        for b in DEMO_BARRIERS
+    )
+    return (
+        f'\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+        f'username = "{broker.username}"\npassword = "{broker.password}"\n'
+        + points
+        + '\n[[parking.lots]]\nid = "SURFACE"\nname = "地面停车场"\nspaces = 125\n'
+        "classes = { temporary = 40, monthly = 80, vip = 5 }\n"
+        '\n[[parking.lots]]\nid = "GARAGE"\nname = "地下停车场"\nspaces = 546\n'
+        "classes = { temporary = 46, monthly = 490, vip = 10 }\n"
+    )
+
+
 def write_demo_site(
     data_dir: Path,
     port: int,
@@ -62,6 +108,7 @@ def write_demo_site(
     ports: dict[str, int],
     profiles_dir: Path,
     central: tuple[str, str],
+    broker: Broker | None = None,
 ) -> tuple[Path, dict[str, str]]:
     """Write ``data_dir/demo-site.toml`` with fresh tokens; returns it and the tokens.
 
@@ -76,6 +123,8 @@ def write_demo_site(
         f'\n[sync]\nbase_url = "{central[0]}"\ntoken = "{central[1]}"\n'
         "heartbeat_s = 10.0\npull_interval_s = 10.0\nbackoff_max_s = 10.0\n"
     )
+    if broker is not None:
+        extra += _gates_toml(broker)
     path = data_dir.resolve() / "demo-site.toml"
     path.write_text(layout.site_toml(ports, profiles_dir=profiles_dir, extra=extra), "utf-8")
     return path, tokens
@@ -130,6 +179,36 @@ async def _scenario(fleet: MeterFleet, layout: SiteLayout, central: CentralRecei
     await asyncio.Event().wait()  # a part runs until cancelled
 
 
+async def _gate_traffic(traffic: GateTraffic) -> None:
+    """The compound's gates and barriers, at several times real traffic so the
+    screen moves; the garage's entry arm jams at 90 s."""
+    zone = ZoneInfo("Asia/Shanghai")
+    started = asyncio.get_running_loop().time()
+    stuck = False
+    while True:
+        now = datetime.now(zone)
+        await asyncio.to_thread(traffic.minute, now, 600.0, 240.0)
+        await asyncio.to_thread(traffic.keep_alives, now)
+        if not stuck and asyncio.get_running_loop().time() - started > BARRIER_STUCK_AT_S:
+            stuck = True
+            await asyncio.to_thread(traffic.barrier_stuck, DEMO_BARRIERS[2])
+            print(
+                f"  [{BARRIER_STUCK_AT_S:.0f} s] simulated fault: barrier G-BAR-IN jammed "
+                "(barrier.fault); a remote raise is now refused",
+                flush=True,
+            )
+        await asyncio.sleep(5.0)
+
+
+def _start_broker(stack: contextlib.ExitStack) -> Broker | None:
+    """The embedded broker for the gates, or None (with a line saying why)."""
+    try:
+        return stack.enter_context(run_broker())
+    except (BrokerUnavailable, BrokerStartError, ImportError, OSError) as exc:
+        print(f"  (no gates in this demo: cannot start an MQTT broker: {exc})", flush=True)
+        return None
+
+
 def run_demo(*, duration: float | None, port: int, data_dir: Path) -> int:
     """Run the demo until Ctrl-C, or for ``duration`` seconds; print a summary."""
     profiles_dir = shipped_profiles_dir()
@@ -139,33 +218,66 @@ def run_demo(*, duration: float | None, port: int, data_dir: Path) -> int:
     central_token = new_token()
     central = CentralReceiver(data_dir / "central.db", sites={layout.site_id: central_token})
     fleet.start()
+    stack = contextlib.ExitStack()
+    traffic: GateTraffic | None = None
     try:
+        broker = _start_broker(stack)
         central_url = central.start()
         site_file, tokens = write_demo_site(
-            data_dir, port, layout, fleet.ports(), profiles_dir, (central_url, central_token)
+            data_dir,
+            port,
+            layout,
+            fleet.ports(),
+            profiles_dir,
+            (central_url, central_token),
+            broker,
         )
         config = load_site_config(site_file)
         seq_before = _last_seq(config.journal.path)
+        parts: list[tuple[str, PartFactory]] = [
+            ("simulator", lambda: _scenario(fleet, layout, central))
+        ]
+        if broker is not None:
+            traffic = GateTraffic(
+                broker.host,
+                broker.port,
+                broker.username,
+                broker.password,
+                DEMO_GATES,
+                DEMO_BARRIERS,
+                seed=int(datetime.now().timestamp()),
+            )
+            traffic.start()
+            gates = traffic
+            parts.append(("gate-simulator", lambda: _gate_traffic(gates)))
 
         async def main() -> tuple[RunSummary, list[DeviceHealth]]:
             service = GatewayService(
                 config,
                 on_ready=lambda url: _print_welcome(config, url, tokens, fleet, central_url),
-                extra_parts=[("simulator", lambda: _scenario(fleet, layout, central))],
+                extra_parts=parts,
             )
             if duration is not None:
                 asyncio.get_running_loop().call_later(duration, service.stop.set)
             summary = await service.run()
-            return summary, service.modbus.devices() if service.modbus else []
+            return summary, service.devices()
 
         summary, devices = asyncio.run(main())
         requests = fleet.requests()
         stored = central.stats()["readings"]["stored"]
     finally:
+        if traffic is not None:
+            traffic.stop()
         fleet.stop()
         central.stop()
+        stack.close()
     total, this_run, readings = _count(config.journal.path, seq_before)
     _print_summary(config, summary, (this_run, total), readings, devices, requests)
+    if traffic is not None:
+        print(
+            f"  gates:           {traffic.published} messages from the simulated gates and "
+            "barriers (see /api/v1/parking)"
+        )
     print(f"  sync:            central holds {stored} readings from this site (all runs)")
     return 0
 

@@ -32,7 +32,7 @@ from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
-from tests.harness.ports import LOCALHOST, free_tcp_port
+from gateway.sim.ports import LOCALHOST, free_tcp_port
 from tests.harness.serial_line import null_modem
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from gateway.auth import hash_token
-from tests.harness.ports import free_tcp_port
+from gateway.sim.ports import free_tcp_port
 
 ROLES = ("guard", "supervisor", "admin", "central")
 

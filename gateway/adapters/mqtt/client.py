@@ -77,6 +77,7 @@ class SiteBroker:
         self._connected = asyncio.Event()
         self.counters: Counter[str] = Counter()
         self.refused: str | None = None
+        self._stopping = False
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id or f"gateway-{site_id}",
@@ -118,6 +119,7 @@ class SiteBroker:
                         if message.qos > 0:
                             self._client.ack(message.mid, message.qos)
         finally:
+            self._stopping = True
             if self._connected.is_set():
                 # A goodbye, so the Will is not published; the status says why.
                 self._client.publish(self.status_topic, b"stopped", qos=1, retain=True)
@@ -164,7 +166,7 @@ class SiteBroker:
             self._loop.call_soon_threadsafe(self._connected.set)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if self._loop is not None and self._connected.is_set():
+        if self._loop is not None and self._connected.is_set() and not self._stopping:
             log.warning("mqtt disconnected reason=%s (reconnecting)", reason)
             self.counters["disconnects"] += 1
             self._loop.call_soon_threadsafe(self._connected.clear)

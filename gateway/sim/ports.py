@@ -1,4 +1,4 @@
-"""Free-port allocation and readiness probing for harness servers.
+"""Free-port allocation and readiness probing for the simulated servers.
 
 Every real server the tests start (MQTT broker, Modbus TCP server) listens on
 its own ephemeral port on 127.0.0.1, so tests never collide with each other or
