@@ -180,7 +180,13 @@ class MqttBroker(_HasSecrets):
     username: str | None = None
     password: SecretStr | None = None
     tls: StrictBool = False
+    ca_file: Path | None = None
     client_id: str | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _relative_to_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve_path(value, info)
 
 
 Baudrate = Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200]
@@ -472,6 +478,9 @@ def _cross_checks(config: SiteConfig, source: str) -> list[str]:
     if plan is not None and not plan.is_file():
         problems.append(f'{source}: site.contingency_plan: "{plan}" does not exist')
     problems += _parking_checks(config, source)
+    if config.mqtt is not None and config.mqtt.ca_file is not None:
+        if not config.mqtt.ca_file.is_file():
+            problems.append(f'{source}: mqtt.ca_file: "{config.mqtt.ca_file}" does not exist')
     sync = config.sync
     if sync is not None and sync.transport == "mqtt" and sync.mqtt is None:
         problems.append(

@@ -396,6 +396,11 @@ BAD_VALUES = [
         id="mqtt-transport-without-broker",
     ),
     pytest.param(
+        site_text('[mqtt]\nhost = "mq.local"\ntls = true\nca_file = "site-ca.pem"\n'),
+        'mqtt.ca_file: "{dir}/site-ca.pem" does not exist',
+        id="site-broker-ca-file-missing",
+    ),
+    pytest.param(
         site_text(sync(more="batch_items = 5000\n")),
         "sync.batch_items: 5000: input should be less than or equal to 1000",
         id="batch-over-the-contract-limit",

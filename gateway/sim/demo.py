@@ -203,7 +203,7 @@ async def _gate_traffic(traffic: GateTraffic) -> None:
 def _start_broker(stack: contextlib.ExitStack) -> Broker | None:
     """The embedded broker for the gates, or None (with a line saying why)."""
     try:
-        return stack.enter_context(run_broker())
+        return stack.enter_context(run_broker(max_inflight=1000))
     except (BrokerUnavailable, BrokerStartError, ImportError, OSError) as exc:
         print(f"  (no gates in this demo: cannot start an MQTT broker: {exc})", flush=True)
         return None

@@ -89,7 +89,10 @@ class SiteBroker:
             password = settings.password.get_secret_value() if settings.password else None
             client.username_pw_set(settings.username, password)
         if settings.tls:
-            client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set(
+                ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
         client.will_set(self.status_topic, b"offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
