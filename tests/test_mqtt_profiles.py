@@ -293,6 +293,16 @@ def test_camera_barrier_fault_and_keepalive(profiles: dict[str, MqttProfile]) ->
     assert profile.liveness is not None and profile.liveness.offline_after_s == 35.0
 
 
+def test_camera_loop_detector(profiles: dict[str, MqttProfile]) -> None:
+    profile = profiles["lpr-camera-barrier"]
+    on = mapped(profile, CAMERA, "message/up/gpio_in", {"gpio": {"port": 0, "value": 1}}).event
+    off = mapped(profile, CAMERA, "message/up/gpio_in", {"gpio": {"port": 0, "value": 0}}).event
+    assert (on.kind, off.kind) == ("barrier.loop_occupied", "barrier.loop_clear")
+    other_input = json.dumps({"gpio": {"port": 3, "value": 1}}).encode()
+    topic = f"{CAMERA.topic_prefix}/message/up/gpio_in"
+    assert rejected(profile, CAMERA, topic, other_input).reason == "no_rule_matched"
+
+
 def test_camera_commands_declared(profiles: dict[str, MqttProfile]) -> None:
     command = profiles["lpr-camera-barrier"].commands["raise_barrier"]
     body = json.loads(command.payload.substitute(request_id="c-1"))

@@ -59,6 +59,8 @@ EVENT_KINDS: tuple[str, ...] = (
     "barrier.opened",
     "barrier.closed",
     "barrier.fault",
+    "barrier.loop_occupied",  # a vehicle on the loop under the arm (anti-crush)
+    "barrier.loop_clear",
     "device.keepalive",
     "device.status",
 )
