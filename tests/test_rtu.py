@@ -185,3 +185,30 @@ def test_answers_near_the_timeout(delay: float, ok: bool) -> None:
                 await link.close()
 
         asyncio.run(main())
+
+
+def test_a_late_answer_is_never_taken_for_the_next_request() -> None:
+    """The meter answers its first request just after the timeout; the gateway's
+    next request (same unit, same size, other registers) must get its own answer,
+    not the late one — or a bill would show one register's value for another's."""
+    late = frame(b"\x01\x04\x04\x00\x00\x00\x01")  # registers 0-1: the late answer
+    own = frame(b"\x01\x04\x04\x00\x00\x00\x64")  # registers 100-101: 100
+
+    def device(request: bytes) -> bytes:
+        if request[2:4] == b"\x00\x00":
+            time.sleep(0.45)  # just over the 0.3 s timeout
+            return late
+        return own
+
+    with fake_device(device) as pty:
+
+        async def main() -> list[int]:
+            link = serial_link(pty.slave_path, timeout_s=0.3)
+            try:
+                with pytest.raises(NoAnswer):
+                    await link.read(1, 4, 0, 2)
+                return await link.read(1, 4, 100, 2)
+            finally:
+                await link.close()
+
+        assert asyncio.run(main()) == [0, 100]

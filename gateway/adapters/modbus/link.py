@@ -109,6 +109,11 @@ class ModbusLink:
         if not ok:
             raise LinkDown(f"link {self.id}: cannot connect to {self._endpoint()}")
 
+    @property
+    def _rtu_frames(self) -> bool:
+        """RTU framing (a serial bus, or RTU through a serial device server)."""
+        return self.is_serial or self.config.type == "rtu_over_tcp"
+
     def _endpoint(self) -> str:
         c = self.config
         return c.device if isinstance(c, ModbusSerialLink) else f"{c.host}:{c.port}"
@@ -147,6 +152,7 @@ class ModbusLink:
         self._rx.clear()
         self.transactions += 1
         client = self._client
+        quiet = self.silence_s
         try:
             if function == 3:
                 response = await client.read_holding_registers(address, count=count, device_id=unit)
@@ -163,11 +169,18 @@ class ModbusLink:
                 assert values is not None
                 response = await client.write_coils(address, list(values), device_id=unit)
         except ModbusIOException as exc:
-            raise self._classify(unit, function, address, exc) from None
+            error = self._classify(unit, function, address, exc)
+            if isinstance(error, NoAnswer | FrameError) and self._rtu_frames:
+                # An RTU answer carries no request id: a late one arriving while the
+                # next request waits would be taken for that request's answer (same
+                # unit and size, other registers: a wrong value on a bill). Keep the
+                # line quiet for another timeout so it lands in the gap and is dropped.
+                quiet = max(quiet, self.config.timeout_s)
+            raise error from None
         except ConnectionException as exc:
             raise LinkDown(f"link {self.id}: connection lost: {exc}") from None
         finally:
-            self._quiet_until = time.perf_counter() + self.silence_s
+            self._quiet_until = time.perf_counter() + quiet
         if response.isError():
             code = int(response.exception_code)
             name = EXCEPTION_NAMES.get(code, "unknown exception")
@@ -197,7 +210,7 @@ class ModbusLink:
         rx = bytes(self._rx)
         if not rx:
             return NoAnswer(f"{where}: no answer within {self.config.timeout_s} s")
-        if self.is_serial or self.config.type == "rtu_over_tcp":
+        if self._rtu_frames:
             if len(rx) >= 4 and rx[0] != unit and _crc_ok(rx):
                 return WrongUnit(f"{where}: answer from unit {rx[0]}")
         return FrameError(f"{where}: {len(rx)} bytes but no valid frame (CRC or truncated)")
