@@ -57,9 +57,14 @@ class BacklogWatch:
             await self.check()
             await asyncio.sleep(self.check_s)
 
-    async def check(self) -> None:
+    async def refresh(self) -> None:
+        """Read the backlog figures (for status pages; changes nothing)."""
         self.latest = await self.journal.query(outbox.backlog)
         self.dead_letters = await self.journal.query(outbox.count_dead_letters)
+
+    async def check(self) -> None:
+        """Refresh the figures and enforce the budget (alarm, thinning)."""
+        await self.refresh()
         if self.used >= 1.0:
             await self._thin()
             self.latest = await self.journal.query(outbox.backlog)

@@ -24,6 +24,7 @@ from gateway.sync.outbox import METER_READINGS, NewItem, enqueue
 log = logging.getLogger(__name__)
 
 CURSOR = "feeder.meter-readings"
+CHUNK = 5000  # events per feeding commit
 _SOURCES = {"modbus", "mqtt", "serial", "manual"}
 
 
@@ -60,7 +61,7 @@ def reading_items(meter: str, payload: Mapping[str, Any]) -> Iterator[NewItem]:
         )
 
 
-def feed(conn: sqlite3.Connection, now: str, limit: int = 5000) -> int:
+def feed(conn: sqlite3.Connection, now: str, limit: int = CHUNK) -> int:
     """Queue the readings of up to ``limit`` new events; return events consumed."""
     cursor = int(get_cursor(conn, CURSOR, "0"))
     rows = conn.execute(

@@ -26,7 +26,7 @@ from gateway.errors import JournalError
 from gateway.events import Event, new_event_id
 from gateway.journal.store import Journal, insert_events
 from gateway.sync import outbox
-from gateway.sync.feeder import feed
+from gateway.sync.feeder import CHUNK, feed
 from gateway.sync.outbox import METER_READINGS, PRIORITY, ItemResult, OutboxItem
 from gateway.sync.transport import AuthFailed, Refused, SyncError, Transient, Transport
 
@@ -140,7 +140,7 @@ class SyncSender:
 
         At most once a second while busy: each feed is a write that would
         otherwise wait behind every settle of a backlog drain."""
-        while await self.journal.write(lambda conn: feed(conn, self._now())) >= 5000:
+        while await self.journal.write(lambda conn: feed(conn, self._now())) >= CHUNK:
             pass
         self._next_feed = time.monotonic() + self.settings.idle_poll_s
 

@@ -122,7 +122,7 @@ class SyncSide:
 
     async def status(self) -> dict[str, Any]:
         """Per stream: backlog, oldest undelivered age, last success and error, rate."""
-        await self.watch.check()
+        await self.watch.refresh()
         durable = await self.journal.query(_stream_rows)
         now = self.clock.now()
         streams = {}
