@@ -39,7 +39,7 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError
-from gateway.profiles import MQTT_ACCESS_KIND, is_mqtt_access_profile
+from gateway.profiles import MQTT_ACCESS_KIND, is_mqtt_access_profile, read_profile_text
 from gateway.validation import describe_error, format_loc
 
 # ---- the normalised vocabulary ---------------------------------------------------------
@@ -562,15 +562,7 @@ def parse_mqtt_profile(text: str, path: Path) -> MqttProfile:
 
 def load_mqtt_profile(path: Path) -> MqttProfile:
     """Read and validate one MQTT access profile file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: is not UTF-8 text; save it as UTF-8"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    return parse_mqtt_profile(text, path)
+    return parse_mqtt_profile(read_profile_text(path), path)
 
 
 def load_mqtt_profiles(folder: Path) -> dict[str, MqttProfile]:
