@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from gateway.adapters.mqtt.profile import (
     ENUM_FIELDS,
@@ -47,18 +47,7 @@ RejectReason = Literal[
     "unknown_value",
     "bad_device_time",
 ]
-REJECT_REASONS: tuple[RejectReason, ...] = (
-    "too_large",
-    "not_utf8",
-    "not_json",
-    "not_an_object",
-    "unknown_topic",
-    "no_rule_matched",
-    "missing_field",
-    "bad_field_type",
-    "unknown_value",
-    "bad_device_time",
-)
+REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
 # Device clocks outside this range are wrong, not old or future events.
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2100, 1, 1, tzinfo=UTC)
