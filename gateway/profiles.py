@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -57,6 +57,7 @@ _REGISTER_COUNTS: Mapping[str, int] = {
 _MODBUS_MAX_READ = 125  # registers in one function 03/04 request (Modbus spec)
 _ADDRESS_LIMIT = 0x10000
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+T = TypeVar("T")
 MQTT_ACCESS_KIND = "mqtt_access"  # profiles of this kind are not Modbus maps
 
 
@@ -604,23 +605,32 @@ def is_mqtt_access_profile(path: Path) -> bool:
     return isinstance(header, dict) and header.get("kind") == MQTT_ACCESS_KIND
 
 
-def load_profiles(folder: Path) -> dict[str, Profile]:
-    """Every Modbus ``*.toml`` in ``folder`` by id; one ConfigError with the problems
-    of all files. MQTT access profiles are skipped (``is_mqtt_access_profile``)."""
+def load_folder(
+    folder: Path, wanted: Callable[[Path], bool], load: Callable[[Path], T]
+) -> dict[str, T]:
+    """Every wanted ``*.toml`` in ``folder`` by id (file name without ``.toml``);
+    one ConfigError with the problems of all files, so a site engineer sees them
+    at once."""
     if not folder.is_dir():
         raise ConfigError([f"{folder}: is not a directory"])
-    profiles: dict[str, Profile] = {}
+    loaded: dict[str, T] = {}
     problems: list[str] = []
     for path in sorted(folder.glob("*.toml")):
-        if is_mqtt_access_profile(path):
+        if not wanted(path):
             continue
         try:
-            profiles[path.stem] = load_profile(path)
+            loaded[path.stem] = load(path)
         except ConfigError as exc:
             problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    return profiles
+    return loaded
+
+
+def load_profiles(folder: Path) -> dict[str, Profile]:
+    """Every Modbus profile in ``folder`` by id; MQTT access profiles are skipped
+    (``is_mqtt_access_profile``)."""
+    return load_folder(folder, lambda path: not is_mqtt_access_profile(path), load_profile)
 
 
 # ---- site overrides ----------------------------------------------------------

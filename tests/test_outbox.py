@@ -3,10 +3,9 @@ dead letters and re-queue, thinning, and the feeder from meter readings."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,21 +25,11 @@ from gateway.sync.outbox import (
     RequeueRefused,
 )
 from gateway.sync.side import incident_item
+from tests.harness.journal import with_journal
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 NOW = "2026-11-23T00:00:00.000+00:00"
 T = TypeVar("T")
-
-
-def with_journal(path: Path, body: Callable[[Journal], Awaitable[T]]) -> T:
-    async def main() -> T:
-        journal = await Journal.open(path)
-        try:
-            return await body(journal)
-        finally:
-            await journal.close()
-
-    return asyncio.run(main())
 
 
 def write(path: Path, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -30,13 +30,13 @@ from gateway.sync.pulls import CentralPulls
 from gateway.sync.receiver import CentralReceiver
 from gateway.sync.sender import SenderSettings, SyncSender
 from gateway.sync.side import incident_item
+from tests.harness.journal import with_journal
 
 SITE = "site-a"
 TOKEN = "site-a-token"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 START = datetime(2026, 11, 20, tzinfo=SHANGHAI)
 NOW = "2026-11-23T00:00:00.000+00:00"
-T = TypeVar("T")
 
 FAST = SenderSettings(
     backoff_initial_s=0.05, backoff_max_s=0.4, auth_backoff_s=0.5, idle_poll_s=0.05
@@ -135,17 +135,6 @@ async def drain(
     return sender
 
 
-def run(path: Path, body: Callable[[Journal], Awaitable[T]]) -> T:
-    async def main() -> T:
-        journal = await Journal.open(path)
-        try:
-            return await body(journal)
-        finally:
-            await journal.close()
-
-    return asyncio.run(main())
-
-
 def assert_each_stored_once(central: CentralReceiver, events: list[Event]) -> None:
     expected = {r["reading_id"] for e in events for r in e.payload["readings"]}
     stored = central.readings(SITE)
@@ -176,7 +165,7 @@ def test_readings_reach_central_in_batches_of_at_most_1000(
         await journal.submit_many(events)
         await drain(journal, receiver.base_url)
 
-    run(tmp_path / "j.db", body)
+    with_journal(tmp_path / "j.db", body)
     assert_each_stored_once(receiver, events)
     stats = receiver.stats()
     assert stats["requests"]["by_status"] == {"200": 3}
@@ -204,7 +193,7 @@ def test_signed_requests_are_accepted_and_a_wrong_secret_raises_the_auth_alarm(
 
             await drain(journal, central.base_url, signing_secret="wrong", during=alarm_then_fix)
 
-        run(tmp_path / "j.db", wrong)
+        with_journal(tmp_path / "j.db", wrong)
         assert_each_stored_once(central, events)
     assert [e["stream"] for e in sync_events(tmp_path / "j.db", "sync.auth_failed")] == [
         METER_READINGS
@@ -227,7 +216,7 @@ def test_central_down_for_a_while_then_back(tmp_path: Path, receiver: CentralRec
         receiver.down_for(1.5)
         await drain(journal, receiver.base_url)
 
-    run(tmp_path / "j.db", body)
+    with_journal(tmp_path / "j.db", body)
     assert_each_stored_once(receiver, events)
 
 
@@ -242,7 +231,7 @@ def test_twenty_percent_random_500s(tmp_path: Path, receiver: CentralReceiver) -
         await journal.submit_many(events)
         await drain(journal, receiver.base_url, settings=settings)
 
-    run(tmp_path / "j.db", body)
+    with_journal(tmp_path / "j.db", body)
     assert_each_stored_once(receiver, events)
     assert receiver.stats()["requests"]["by_status"]["500"] >= 1
 
@@ -258,7 +247,7 @@ def test_a_reset_after_central_stored_the_batch_is_answered_duplicate_and_counte
         await journal.submit_many(events)
         await drain(journal, receiver.base_url, settings=settings)
 
-    run(tmp_path / "j.db", body)
+    with_journal(tmp_path / "j.db", body)
     assert_each_stored_once(receiver, events)
     readings = receiver.stats()["readings"]
     assert readings["duplicate"] > 0  # the resent copies were answered duplicate…
@@ -288,7 +277,7 @@ def test_a_silent_outage_then_a_reset_loses_nothing(
             journal, receiver.base_url, settings=settings, read_timeout_s=0.4, during=outage
         )
 
-    run(tmp_path / "j.db", body)
+    with_journal(tmp_path / "j.db", body)
     assert_each_stored_once(receiver, events)
 
 
@@ -311,7 +300,7 @@ def test_a_429_storm_is_met_with_patience_not_a_retry_storm(
 
         await drain(journal, receiver.base_url, during=storm)
 
-    run(tmp_path / "j.db", body)
+    with_journal(tmp_path / "j.db", body)
     assert_each_stored_once(receiver, events)
     # Retry-After: 1 over 2.5 s allows at most 3 attempts (backoff alone would allow ~10)
     assert receiver.stats()["requests"]["by_status"]["429"] <= 3
@@ -333,7 +322,7 @@ def test_401_raises_one_alarm_backs_off_and_recovers(
 
         await drain(journal, receiver.base_url, during=revoked)
 
-    run(tmp_path / "j.db", body)
+    with_journal(tmp_path / "j.db", body)
     assert_each_stored_once(receiver, events)
     assert receiver.stats()["requests"]["by_status"]["401"] <= 5  # 0.5 s apart, not a storm
     assert len(sync_events(tmp_path / "j.db", "sync.auth_failed")) == 1
@@ -360,7 +349,7 @@ def test_rejected_items_become_dead_letters_and_a_corrected_requeue_is_delivered
         await drain(journal, receiver.base_url)
         return letters
 
-    letters = run(tmp_path / "j.db", body)
+    letters = with_journal(tmp_path / "j.db", body)
     assert [(d.item_id, d.error) for d in letters] == [("bad-1", letters[0].error)]
     assert "value" in letters[0].error
     stored = {r["reading_id"]: r for r in receiver.readings(SITE)}
@@ -393,7 +382,7 @@ def test_a_request_central_refuses_is_split_until_the_bad_item_is_alone(
         await drain(journal, receiver.base_url)
         return await journal.query(outbox.dead_letters)
 
-    letters = run(tmp_path / "j.db", body)
+    letters = with_journal(tmp_path / "j.db", body)
     assert [d.item_id for d in letters] == ["huge"]
     assert "413" in letters[0].error
     assert_each_stored_once(receiver, events)
@@ -435,7 +424,7 @@ def test_an_incident_overtakes_a_week_of_readings(
 
         await drain(journal, receiver.base_url, settings=FAST, during=fire_breaks_out)
 
-    run(tmp_path / "j.db", body)
+    with_journal(tmp_path / "j.db", body)
     [incident] = receiver.incidents(SITE)
     conn = sqlite3.connect(receiver.db_path)
     try:
@@ -499,7 +488,7 @@ def test_pulls_store_ticket_updates_and_outage_notices_with_their_cursors(
             await http.close()
         return first, notices, again
 
-    assert run(db, body) == (2, 1, 0)
+    assert with_journal(db, body) == (2, 1, 0)
     conn = sqlite3.connect(db)
     try:
         [(ticket_no, state, note)] = conn.execute(
@@ -545,6 +534,6 @@ def test_incident_revisions_reach_central_latest_wins(
         sender = await drain(journal, receiver.base_url)
         assert sender.stats[INCIDENTS].answered["stale"] == 1
 
-    run(tmp_path / "j.db", body)
+    with_journal(tmp_path / "j.db", body)
     [incident] = receiver.incidents(SITE)
     assert (incident["revision"], incident["state"]) == (2, "acknowledged")

@@ -39,7 +39,12 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError
-from gateway.profiles import MQTT_ACCESS_KIND, is_mqtt_access_profile, read_profile_text
+from gateway.profiles import (
+    MQTT_ACCESS_KIND,
+    is_mqtt_access_profile,
+    load_folder,
+    read_profile_text,
+)
 from gateway.validation import describe_error, format_loc
 
 # ---- the normalised vocabulary ---------------------------------------------------------
@@ -571,20 +576,7 @@ def load_mqtt_profiles(folder: Path) -> dict[str, MqttProfile]:
     Modbus profiles in the same folder are left to gateway.profiles; one
     ConfigError carries the problems of all MQTT files.
     """
-    if not folder.is_dir():
-        raise ConfigError([f"{folder}: is not a directory"])
-    profiles: dict[str, MqttProfile] = {}
-    problems: list[str] = []
-    for path in sorted(folder.glob("*.toml")):
-        if not is_mqtt_access_profile(path):
-            continue
-        try:
-            profiles[path.stem] = load_mqtt_profile(path)
-        except ConfigError as exc:
-            problems += exc.problems
-    if problems:
-        raise ConfigError(problems)
-    return profiles
+    return load_folder(folder, is_mqtt_access_profile, load_mqtt_profile)
 
 
 __all__ = [
