@@ -22,6 +22,9 @@ import uvicorn
 from gateway import __version__
 from gateway.adapters.modbus.adapter import ModbusSide
 from gateway.adapters.mqtt.side import AccessSide
+from gateway.alarms.plan import load_plan
+from gateway.alarms.rules import Directory
+from gateway.alarms.service import AlarmService
 from gateway.auth import TokenRegistry
 from gateway.clock import Clock
 from gateway.config import SiteConfig
@@ -33,6 +36,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.supervisor import PartFactory, PartHealth, Supervisor
 from gateway.sync.side import SyncSide
 from gateway.web.access import create_access_router
+from gateway.web.alarms import create_alarm_router
 from gateway.web.api import ApiContext, create_api
 from gateway.web.meters import create_meter_router
 from gateway.web.sync import create_sync_router
@@ -92,6 +96,7 @@ class GatewayService:
         self.modbus: ModbusSide | None = None
         self.sync: SyncSide | None = None
         self.access: AccessSide | None = None
+        self.alarms: AlarmService | None = None
         self.supervisor = Supervisor()
         self.journal: Journal | None = None
         self._extra_parts = extra_parts
@@ -138,6 +143,17 @@ class GatewayService:
             self.sync = SyncSide(cfg.sync, cfg.site.id, journal, self.clock, self.devices)
             for name, factory in self.sync.parts():
                 self.supervisor.add(name, factory)
+        self.alarms = AlarmService(
+            load_plan(cfg.site.contingency_plan),
+            Directory.from_config(cfg),
+            journal,
+            self.clock,
+            site_name=cfg.site.name,
+            commands=self.access.commands if self.access else None,
+            on_incident=self.sync.wake if self.sync else None,
+        )
+        for name, factory in self.alarms.parts():
+            self.supervisor.add(name, factory)
         api = create_api(
             ApiContext(
                 site_id=cfg.site.id,
@@ -158,6 +174,7 @@ class GatewayService:
                 create_access_router(
                     journal, self.access.commands if self.access else None, cfg.parking.lots
                 ),
+                create_alarm_router(self.alarms, cfg.site.zone),
             ],
         )
         self.supervisor.add("api", lambda: _serve_api(api, sock))
@@ -180,6 +197,8 @@ class GatewayService:
             sock.close()
             if self.sync is not None:
                 await self.sync.close()
+            if self.alarms is not None:
+                await self.alarms.close()
             await journal.close()  # no-op after a normal stop; drains after a failure
         return RunSummary(
             time.monotonic() - started, journal.events_committed, self.supervisor.health()
@@ -197,6 +216,9 @@ class GatewayService:
         log.info("gateway stopping budget_s=%.1f", budget)
         with contextlib.suppress(JournalClosed, asyncio.TimeoutError):
             await asyncio.wait_for(journal.submit(Event("gateway.stopping", None, {})), 0.5)
+        if self.alarms is not None:  # the engine's rule memory, so a restart resumes it
+            with contextlib.suppress(JournalError, asyncio.TimeoutError):
+                await asyncio.wait_for(self.alarms.flush(), 1.0)
         journal.stop_intake()
         try:
             async with asyncio.timeout(max(0.5, deadline - time.monotonic() - 0.5)):

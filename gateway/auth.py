@@ -33,6 +33,11 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "sync.requeue": frozenset({"supervisor", "admin"}),
     "access.command": frozenset({"supervisor", "admin"}),
     "parking.recount": frozenset({"guard", "supervisor", "admin"}),
+    "alarms.read": frozenset({"guard", "supervisor", "admin", "central"}),
+    "alarms.acknowledge": frozenset({"guard", "supervisor", "admin"}),
+    "alarms.shelve": frozenset({"supervisor", "admin"}),
+    "alarms.service": frozenset({"supervisor", "admin"}),
+    "outages.plan": frozenset({"supervisor", "admin"}),
 }
 """Permission name → roles holding it. Endpoints ask for a permission, never a role."""
 

@@ -14,7 +14,6 @@ The key reference is docs/config.md; a test keeps the two in step.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,10 +35,11 @@ from pydantic import (
 )
 
 from gateway.adapters.mqtt.profile import load_mqtt_profiles
+from gateway.alarms.plan import load_plan
 from gateway.errors import ConfigError
 from gateway.profiles import load_profiles
 from gateway.secrets import SECRET_KEYS, resolve_secret
-from gateway.validation import describe_error, format_loc
+from gateway.validation import describe_error, format_loc, parse_toml
 
 Role = Literal["guard", "supervisor", "admin", "central"]
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -263,7 +263,7 @@ class AccessPoint(_Section):
     """A gate, door or parking barrier reached over MQTT."""
 
     id: Ident
-    kind: Literal["door", "turnstile", "barrier"]
+    kind: Literal["door", "turnstile", "barrier", "detector"]
     profile: str = Field(min_length=1)
     topic_prefix: str = Field(min_length=1)
     name: str | None = None
@@ -477,6 +477,11 @@ def _cross_checks(config: SiteConfig, source: str) -> list[str]:
     plan = config.site.contingency_plan
     if plan is not None and not plan.is_file():
         problems.append(f'{source}: site.contingency_plan: "{plan}" does not exist')
+    else:
+        try:
+            load_plan(plan)
+        except ConfigError as exc:
+            problems += exc.problems
     problems += _parking_checks(config, source)
     if config.mqtt is not None and config.mqtt.ca_file is not None:
         if not config.mqtt.ca_file.is_file():
@@ -598,10 +603,7 @@ def _profile_checks(config: SiteConfig, source: str) -> list[str]:
 def parse_site_config(text: str, source: Path) -> SiteConfig:
     """Validate site-file text; raise ConfigError listing every problem."""
     name = str(source)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{name}: not valid TOML: {exc}"]) from None
+    data = parse_toml(text, name)
     try:
         config = SiteConfig.model_validate(data, context={"base_dir": source.parent})
     except ValidationError as exc:

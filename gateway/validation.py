@@ -6,8 +6,11 @@ Shared by the site file (gateway.config) and device profiles
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Iterable
 from typing import Any
+
+from gateway.errors import ConfigError
 
 
 def format_loc(loc: Iterable[int | str]) -> str:
@@ -55,3 +58,11 @@ def describe_error(error: Any, where: str, *, keys_hint: str, hide_value: bool =
             return f"{where}: {message}"
         return f"{where}: {shown} {message}"
     return f"{where}: {shown}: {message[:1].lower()}{message[1:]}"
+
+
+def parse_toml(text: str, name: str) -> dict[str, Any]:
+    """TOML text as data, or ConfigError naming the file and where the syntax broke."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{name}: not valid TOML: {exc}"]) from None

@@ -33,7 +33,7 @@ def test_health_needs_no_token_and_shows_parts(client: httpx.Client) -> None:
     body = client.get("/healthz").json()
     assert body["status"] == "ok"
     assert body["site"] == "test-site"
-    assert body["parts"] == {"api": "running", "heartbeat": "running"}
+    assert body["parts"] == {"alarms": "running", "api": "running", "heartbeat": "running"}
     assert body["intake"] == "open"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from gateway.alarms.plan import shipped_plan_path
 from gateway.config import SiteConfig, load_site_config, parse_site_config
 from gateway.errors import ConfigError
 
@@ -186,7 +187,7 @@ def test_relative_paths_are_relative_to_the_site_file(
 ) -> None:
     site_dir = tmp_path / "etc" / "gateway"
     (site_dir / "plans").mkdir(parents=True)
-    (site_dir / "plans" / "plan.toml").write_text("# 应急预案\n", encoding="utf-8")
+    (site_dir / "plans" / "plan.toml").write_text(SHIPPED_PLAN, encoding="utf-8")
     path = write_site(
         site_dir,
         site_text(
@@ -365,7 +366,8 @@ BAD_VALUES = [
     ),
     pytest.param(
         site_text(access_point("G1").replace('"turnstile"', '"gate"')),
-        "devices.access_points[0].kind: \"gate\": input should be 'door', 'turnstile' or 'barrier'",
+        'devices.access_points[0].kind: "gate": input should be '
+        "'door', 'turnstile', 'barrier' or 'detector'",
         id="bad-access-point-kind",
     ),
     pytest.param(
@@ -664,6 +666,9 @@ def test_profiles_dir_that_is_a_file(tmp_path: Path) -> None:
     )
 
 
+SHIPPED_PLAN = shipped_plan_path().read_text(encoding="utf-8")
+
+
 def test_contingency_plan_missing(tmp_path: Path) -> None:
     path = write_site(tmp_path, site_text(site_keys='contingency_plan = "plan.toml"\n'))
     assert the_problem(path) == (
@@ -672,9 +677,17 @@ def test_contingency_plan_missing(tmp_path: Path) -> None:
 
 
 def test_contingency_plan_present(tmp_path: Path) -> None:
-    (tmp_path / "plan.toml").write_text("", encoding="utf-8")
+    (tmp_path / "plan.toml").write_text(SHIPPED_PLAN, encoding="utf-8")
     path = write_site(tmp_path, site_text(site_keys='contingency_plan = "plan.toml"\n'))
     assert load_site_config(path).site.contingency_plan == tmp_path / "plan.toml"
+
+
+def test_contingency_plan_is_validated_with_the_site(tmp_path: Path) -> None:
+    broken = SHIPPED_PLAN.replace('priority = "P1"', 'priority = "P9"', 1)
+    (tmp_path / "plan.toml").write_text(broken, encoding="utf-8")
+    path = write_site(tmp_path, site_text(site_keys='contingency_plan = "plan.toml"\n'))
+    line = the_problem(path)
+    assert line.startswith(f"{tmp_path / 'plan.toml'}: types.") and '"P9"' in line
 
 
 def test_cross_problems_are_reported_together(tmp_path: Path) -> None:
@@ -1040,5 +1053,6 @@ def test_an_access_point_needs_an_mqtt_access_profile(tmp_path: Path) -> None:
     problem = the_problem(path)
     assert problem.startswith(
         f'{path}: devices.access_points[0].profile: "eastron-sdm120" is not an MQTT access '
-        f"profile in {tmp_path / 'profiles'} (there: dahua-vto2mqtt, generic-json-gate"
+        f"profile in {tmp_path / 'profiles'} (there: dahua-vto2mqtt, generic-json-detector, "
+        "generic-json-gate"
     )

@@ -76,6 +76,7 @@ def rejected(profile: MqttProfile, point: Point, topic: str, payload: bytes) -> 
 def test_every_shipped_mqtt_profile_loads(profiles: dict[str, MqttProfile]) -> None:
     assert set(profiles) == {
         "generic-json-gate",
+        "generic-json-detector",
         "uhppoted-mqtt",
         "dahua-vto2mqtt",
         "lpr-camera-barrier",

@@ -189,11 +189,25 @@ def _parking(conn: sqlite3.Connection) -> None:
     )
 
 
+def _alarms(conn: sqlite3.Connection) -> None:
+    # Each alarm's whole current state (gateway.alarms.model.Alarm as JSON), written
+    # in the commit of the transition that changed it, with the engine's event
+    # cursor: after kill -9 every alarm is exactly as the guard last saw it.
+    conn.execute(
+        """CREATE TABLE alarms (
+            alarm_id TEXT PRIMARY KEY,        -- rule:source, stable
+            body TEXT NOT NULL,               -- JSON
+            updated_at TEXT NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events and audit", _initial),
     Migration(2, "meter baselines and period closes", _meters),
     Migration(3, "sync outbox, dead letters, central tickets and notices", _sync),
     Migration(4, "parking occupancy", _parking),
+    Migration(5, "alarm states", _alarms),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -185,6 +185,7 @@ class Journal:
         self._in_flight = 0
         self._space = asyncio.Event()
         self._space.set()
+        self._committed = asyncio.Event()
         self._accepting = True
         self._stopping = False
         self._writer_idle = False
@@ -376,6 +377,14 @@ class Journal:
         self._in_flight -= event_count + len(ops)
         if self._in_flight < self._max_pending:
             self._space.set()
+        if error is None:
+            committed, self._committed = self._committed, asyncio.Event()
+            committed.set()
+
+    def commit_signal(self) -> asyncio.Event:
+        """An event set at the next commit. Take it *before* reading, then wait on
+        it: a commit in between is never missed (the alarm engine's wake-up)."""
+        return self._committed
 
     # ---- reads ----------------------------------------------------------
 

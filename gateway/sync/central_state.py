@@ -65,6 +65,15 @@ def apply_outage_notices(
     conn: sqlite3.Connection, notices: Sequence[Mapping[str, Any]], cursor: str, now: str
 ) -> None:
     """Store planned outage notices (for the alarm engine) and the cursor."""
+    store_outage_notices(conn, notices, now, "central.outage_notice")
+    set_cursor(conn, "outage-notices", cursor)
+
+
+def store_outage_notices(
+    conn: sqlite3.Connection, notices: Sequence[Mapping[str, Any]], now: str, kind: str
+) -> None:
+    """Store notices (central's, or a supervisor's: ``kind`` says which) and
+    journal each as an event of ``kind`` for the alarm engine."""
     conn.executemany(
         "INSERT INTO outage_notices (notice_id, utility, scope, starts_at, ends_at, reason, "
         "received_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (notice_id) DO UPDATE SET "
@@ -84,13 +93,8 @@ def apply_outage_notices(
         ],
     )
     insert_events(
-        conn,
-        [
-            Event("central.outage_notice", None, dict(n), id=f"outage-notice:{n['notice_id']}")
-            for n in notices
-        ],
+        conn, [Event(kind, None, dict(n), id=f"outage-notice:{n['notice_id']}") for n in notices]
     )
-    set_cursor(conn, "outage-notices", cursor)
 
 
 @dataclass(frozen=True)

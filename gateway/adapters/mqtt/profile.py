@@ -66,6 +66,8 @@ EVENT_KINDS: tuple[str, ...] = (
     "barrier.fault",
     "barrier.loop_occupied",  # a vehicle on the loop under the arm (anti-crush)
     "barrier.loop_clear",
+    "detector.alarm",  # a fire / smoke / gas detector in alarm (a signal for the alarm engine)
+    "detector.normal",
     "device.keepalive",
     "device.status",
 )
@@ -103,7 +105,7 @@ ENUM_FIELDS: Mapping[str, tuple[str, ...]] = {
     "result": ("granted", "denied"),
 }
 # Fields kept as text exactly as the device gave them (numbers become their digits).
-TEXT_FIELDS: tuple[str, ...] = ("card", "plate", "door", "lot", "lane")
+TEXT_FIELDS: tuple[str, ...] = ("card", "plate", "door", "lot", "lane", "zone")
 # Fields kept as a number.
 NUMBER_FIELDS: tuple[str, ...] = ("confidence",)
 FIELDS: tuple[str, ...] = TEXT_FIELDS + tuple(ENUM_FIELDS) + NUMBER_FIELDS
