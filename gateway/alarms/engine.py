@@ -404,7 +404,7 @@ class AlarmEngine:
 
     def _annunciate(self, alarm: Alarm, now: datetime) -> None:
         """The guard is told: flood accounting, grouping, the incident opens."""
-        alarm.group = f"{alarm.type}:{alarm.building or alarm.location}"
+        alarm.group = f"{alarm.type}:{alarm.building or 'site'}"  # area: the building
         alarm.first_out = not any(
             other.group == alarm.group and other.annunciated and other is not alarm
             for other in self.alarms.values()

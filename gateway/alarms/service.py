@@ -107,17 +107,13 @@ class AlarmService:
             flood=bool(stored.memory.get("flood", False)),
         )
         engine.restore(stored.memory.get("rules", {}))
-        if stored.cursor is None:
-            # A journal older than the engine: start at its end, not replay history.
-            self.cursor = stored.max_seq
-        else:
-            self.cursor = stored.cursor
-            replay_from = int(stored.memory.get("seq", self.cursor))
-            rows = await self.journal.query(
-                lambda c: _events(c, replay_from, self.cursor, engine.kinds, 10 * BATCH)
-            )
-            for _seq, kind, device, payload, at in rows:
-                engine.dry_run(kind, device, payload, at)
+        self.cursor = stored.cursor
+        replay_from = int(stored.memory.get("seq", self.cursor))
+        rows = await self.journal.query(
+            lambda c: _events(c, replay_from, self.cursor, engine.kinds, 10 * BATCH)
+        )
+        for _seq, kind, device, payload, at in rows:
+            engine.dry_run(kind, device, payload, at)
         self.engine = engine
         log.info(
             "alarm engine loaded alarms=%d active=%d cursor=%d rules=%d",
@@ -159,8 +155,11 @@ class AlarmService:
             kinds = engine.kinds
             top, rows = await self.journal.query(lambda c: _new_events(c, start, kinds, BATCH))
             now = self.clock.now()
-            for _seq, kind, device, payload, _at in rows:
-                engine.on_event(kind, device, payload, now)
+            for seq, kind, device, payload, _at in rows:
+                try:
+                    engine.on_event(kind, device, payload, now)
+                except Exception:  # an engine bug must not stop every later alarm
+                    log.exception("alarm engine: event seq=%d kind=%s not evaluated", seq, kind)
             if tick:
                 engine.tick(now)
             fx = engine.take()
@@ -329,14 +328,12 @@ class _Stored:
     def __init__(
         self,
         alarms: list[Alarm],
-        cursor: int | None,
-        max_seq: int,
+        cursor: int,
         memory: dict[str, Any],
         notices: list[Notice],
     ) -> None:
         self.alarms = alarms
         self.cursor = cursor
-        self.max_seq = max_seq
         self.memory = memory
         self.notices = notices
 
@@ -351,9 +348,8 @@ def _known(plan: Plan, alarm: Alarm) -> bool:
 
 def _load_rows(conn: sqlite3.Connection) -> _Stored:
     alarms = [Alarm.from_json(row[0]) for row in conn.execute("SELECT body FROM alarms")]
-    cursor = get_cursor(conn, CURSOR, "")
+    cursor = int(get_cursor(conn, CURSOR, "0"))  # set by the migration that made the table
     memory = json.loads(get_cursor(conn, MEMORY, "{}"))
-    max_seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
     notices = []
     for n in outage_notices(conn):
         notices.append(
@@ -365,7 +361,7 @@ def _load_rows(conn: sqlite3.Connection) -> _Stored:
                 parse_rfc3339(n.ends_at),
             )
         )
-    return _Stored(alarms, int(cursor) if cursor else None, max_seq, memory, notices)
+    return _Stored(alarms, cursor, memory, notices)
 
 
 EventRow = tuple[int, str, str | None, dict[str, Any], datetime]
@@ -383,9 +379,12 @@ def _events(
     out: list[EventRow] = []
     for seq, kind, device, payload, received_at in rows:
         try:
-            out.append((seq, kind, device, json.loads(payload), parse_rfc3339(received_at)))
-        except ValueError:
-            log.error("alarm engine: unreadable event seq=%d kind=%s; skipped", seq, kind)
+            data = json.loads(payload)
+            if not isinstance(data, dict):
+                raise ValueError("payload is not a JSON object")
+            out.append((seq, kind, device, data, parse_rfc3339(received_at)))
+        except ValueError as exc:
+            log.error("alarm engine: event seq=%d kind=%s skipped: %s", seq, kind, exc)
     return out
 
 

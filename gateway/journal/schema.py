@@ -200,6 +200,12 @@ def _alarms(conn: sqlite3.Connection) -> None:
             updated_at TEXT NOT NULL
         )"""
     )
+    # The engine starts where the journal is when it is installed: history before
+    # it is not replayed as fresh alarms; every event committed after it is seen.
+    conn.execute(
+        "INSERT INTO sync_cursors (name, value) "
+        "SELECT 'alarms.cursor', coalesce(max(seq), 0) FROM events"
+    )
 
 
 MIGRATIONS: tuple[Migration, ...] = (

@@ -52,6 +52,8 @@ FAULT_AT_S = 30.0  # a building main stops answering …
 FAULT_FOR_S = 60.0  # … for this long
 FAULTY_METER = "B02-MAIN"
 BARRIER_STUCK_AT_S = 90.0
+ENTRAPMENT_AT_S = 45.0  # an elevator alarm contact closes (电梯困人, P1) …
+ENTRAPMENT_FOR_S = 240.0  # … until the people are out
 WAN_DOWN_AT_S = 120.0
 WAN_DOWN_FOR_S = 60.0
 
@@ -179,6 +181,21 @@ async def _scenario(fleet: MeterFleet, layout: SiteLayout, central: CentralRecei
     await asyncio.Event().wait()  # a part runs until cancelled
 
 
+async def _entrapment(fleet: MeterFleet, layout: SiteLayout) -> None:
+    """Someone is stuck in lift B01-L1: the alarm engine raises a P1 with the plan's steps."""
+    module, contact = layout.find_input("elevator_alarm", "B01-L1")
+    await asyncio.sleep(ENTRAPMENT_AT_S)
+    await asyncio.to_thread(fleet.set_input, module.link, module.unit, contact.number, True)
+    print(
+        f"  [{ENTRAPMENT_AT_S:.0f} s] simulated emergency: elevator alarm B01-L1 (电梯困人, P1) "
+        "— see /api/v1/alarms; acknowledge it before its respond-by time",
+        flush=True,
+    )
+    await asyncio.sleep(ENTRAPMENT_FOR_S)
+    await asyncio.to_thread(fleet.set_input, module.link, module.unit, contact.number, False)
+    await asyncio.Event().wait()
+
+
 async def _gate_traffic(traffic: GateTraffic) -> None:
     """The compound's gates and barriers, at several times real traffic so the
     screen moves; the garage's entry arm jams at 90 s."""
@@ -235,7 +252,8 @@ def run_demo(*, duration: float | None, port: int, data_dir: Path) -> int:
         config = load_site_config(site_file)
         seq_before = _last_seq(config.journal.path)
         parts: list[tuple[str, PartFactory]] = [
-            ("simulator", lambda: _scenario(fleet, layout, central))
+            ("simulator", lambda: _scenario(fleet, layout, central)),
+            ("emergencies", lambda: _entrapment(fleet, layout)),
         ]
         if broker is not None:
             traffic = GateTraffic(
