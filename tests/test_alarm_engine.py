@@ -287,3 +287,35 @@ def test_memory_round_trip_keeps_on_delays_and_members() -> None:
     again.restore(e.memory())
     again.on_event("meter.reading", "B03-main", {"instant": {"voltage": 100}}, at(10))
     assert again.alarms["main-supply-low:B03-main"].active
+
+
+def test_on_scene_commitment_is_recorded_or_flagged_missed() -> None:
+    e = engine()
+    e.on_event("io.input", "io-1", contact("elevator_alarm", True, 3, "B01-L1"), at(0))
+    alarm = e.alarms["elevator-alarm-relay:io-1/3"]
+    within = float(PLAN.types["elevator_entrapment"].on_scene_within_s or 0)
+    assert within == 1800  # lift maintenance on site within 30 minutes
+    e.acknowledge(alarm.alarm_id, "guard-07", at(30))
+    e.assign(alarm.alarm_id, "guard-07", at(40), handler="维保-张工", supervisor="sup-02")
+    e.take()
+    e.tick(at(within - 1))
+    assert not alarm.on_scene_missed
+    e.tick(at(within))
+    assert alarm.on_scene_missed
+    fx = e.take()
+    mine = [ev.kind for ev in fx.events if ev.payload["alarm_id"] == alarm.alarm_id]
+    assert mine == ["alarm.on_scene_overdue"]
+    incident = fx.incidents[alarm.occurrence or ""]
+    assert incident["handler"] == "维保-张工" and incident["supervisor"] == "sup-02"
+    e.on_scene(alarm.alarm_id, "guard-07", at(within + 300))
+    assert e.view(alarm, at(within + 301))["on_scene_at"] is not None
+    with pytest.raises(AlarmRefused):
+        e.on_scene(alarm.alarm_id, "guard-07", at(within + 302))
+
+
+def test_only_readings_of_watched_meters_are_read() -> None:
+    e = engine()
+    assert e.wants("meter.reading", "B03-main") and e.wants("meter.reading", "B04-03")
+    assert not e.wants("meter.reading", "some-test-meter")
+    assert e.wants("door.forced", "any-door") and e.wants("central.outage_notice", None)
+    assert not e.wants("access.granted", "gate-1")

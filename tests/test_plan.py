@@ -274,6 +274,26 @@ BROKEN = {
         replaced('shifts = ["08:00", "20:00"]', 'shifts = ["08:00", "25:00"]'),
         ['plan.shifts[1]: "25:00" is not a time of day'],
     ),
+    "shift with a zone": (
+        replaced('shifts = ["08:00", "20:00"]', 'shifts = ["08:00Z", "20:00"]'),
+        ['plan.shifts[0]: "08:00Z" is not a time of day (HH:MM'],
+    ),
+    "duplicate level": (
+        replaced(
+            'name_en = "Shift leader"\n',
+            'name_en = "Shift leader"\n\n[[levels]]\nid = "guard_on_duty"\nname = "保安"\n'
+            'name_en = "Guard"\n',
+        ),
+        ['levels[2].id: "guard_on_duty" is already used by levels[0]'],
+    ),
+    "seconds as text (one line, not one per number type)": (
+        replaced('priority = "P1"\nactions', 'priority = "P1"\nack_within_s = "60"\nactions'),
+        ['types.fire_alarm.ack_within_s: "60" is not a number'],
+    ),
+    "a float in when (one line)": (
+        replaced('when = { meaning = "fire_panel_alarm" }', "when = { input = 1.5 }"),
+        ["rules[0].when.input: 1.5 is not a text, true/false or a whole number"],
+    ),
     "bad TOML": (
         MINIMAL + "\n[[rules]\n",
         ["not valid TOML", "line"],

@@ -34,6 +34,10 @@ GATEWAY = "gateway"  # who did it, when nobody did
 NOTICE_KINDS = ("central.outage_notice", "outage.planned")
 
 
+def _after(now: datetime, seconds: float | None) -> str | None:
+    return None if seconds is None else to_rfc3339(now + timedelta(seconds=float(seconds)))
+
+
 class AlarmRefused(ValueError):
     """An operator's command that does not apply (e.g. acknowledging twice)."""
 
@@ -114,8 +118,39 @@ class AlarmEngine:
         for evaluator in self.evals.values():
             for kind in evaluator.kinds:
                 self.by_kind.setdefault(kind, []).append(evaluator)
+        self._interest = self._devices_of_interest()
         self._seed_conditions()
         self.fx = Effects()
+
+    def _devices_of_interest(self) -> dict[str, frozenset[str] | None]:
+        """Per event kind, the devices any rule looks at (None: any device).
+
+        Meter readings are most of the journal; reading only those of meters a
+        rule watches keeps the engine's share of the CPU small under load."""
+        interest: dict[str, frozenset[str] | None] = {}
+        for kind, evaluators in self.by_kind.items():
+            devices: set[str] = set()
+            for evaluator in evaluators:
+                if isinstance(evaluator, AggregateEval):
+                    devices |= set(evaluator.group_of)
+                elif isinstance(evaluator, AbsenceEval):
+                    devices |= set(evaluator.last_seen)
+                elif not evaluator.rule.devices:
+                    break
+                else:
+                    devices |= {d.id for d in self.directory.select(evaluator.rule.devices)}
+            else:
+                interest[kind] = frozenset(devices)
+                continue
+            interest[kind] = None
+        return interest
+
+    def wants(self, kind: str, device: str | None) -> bool:
+        """Whether an event of ``kind`` from ``device`` can change any alarm."""
+        if kind in NOTICE_KINDS:
+            return True
+        devices = self._interest.get(kind, frozenset())
+        return devices is None or device in devices
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -161,6 +196,8 @@ class AlarmEngine:
                 self._reveal(alarm, now)
             if alarm.annunciated and not alarm.acked:
                 self._escalate(alarm, now)
+            if alarm.annunciated and alarm.active:
+                self._check_on_scene(alarm, now)
             if alarm.chattering and not alarm.active:
                 window = timedelta(seconds=float(self.plan.plan.chatter_window_s))
                 if not alarm.activations or now - parse_rfc3339(alarm.activations[-1]) > window:
@@ -243,6 +280,28 @@ class AlarmEngine:
         self._log(alarm, "step_done", who, now, f"{index + 1}. {step.zh} / {step.en}")
         return alarm
 
+    def on_scene(self, alarm_id: str, who: str, now: datetime) -> Alarm:
+        """Someone is at the place: the plan's on-scene commitment is met (or late)."""
+        alarm = self._get(alarm_id)
+        if alarm.occurrence is None or alarm.on_scene_at is not None:
+            raise AlarmRefused(f"{alarm_id}: on scene already recorded or nothing to attend")
+        alarm.on_scene_at = to_rfc3339(now)
+        self._log(alarm, "on_scene", who, now, "超时 late" if alarm.on_scene_missed else None)
+        return alarm
+
+    def assign(
+        self, alarm_id: str, who: str, now: datetime, *, handler: str | None, supervisor: str | None
+    ) -> Alarm:
+        """Name the handler and the supervisor of the occurrence (the closed loop)."""
+        alarm = self._get(alarm_id)
+        if alarm.occurrence is None:
+            raise AlarmRefused(f"{alarm_id} has no occurrence to assign")
+        alarm.handler = handler or alarm.handler
+        alarm.supervisor = supervisor or alarm.supervisor
+        note = f"handler={alarm.handler} supervisor={alarm.supervisor}"
+        self._log(alarm, "assigned", who, now, note)
+        return alarm
+
     def record_action(self, alarm_id: str, occurrence: str, what: str, now: datetime) -> None:
         """An automatic action's outcome, into the occurrence's timeline."""
         alarm = self.alarms.get(alarm_id)
@@ -283,6 +342,9 @@ class AlarmEngine:
             "acked_by": alarm.acked_by,
             "respond_by": alarm.respond_by,
             "respond_in_s": respond_in,
+            "on_scene_by": alarm.on_scene_by,
+            "on_scene_at": alarm.on_scene_at,
+            "on_scene_missed": alarm.on_scene_missed,
             "overdue": alarm.overdue,
             "escalated_to": [
                 {
@@ -382,10 +444,10 @@ class AlarmEngine:
 
     def _start_clock(self, alarm: Alarm, kind: AlarmType, now: datetime) -> None:
         alarm.raised_at = to_rfc3339(now)
-        within = kind.respond_within_s
-        alarm.respond_by = (
-            None if within is None else to_rfc3339(now + timedelta(seconds=float(within)))
-        )
+        alarm.respond_by = _after(now, kind.respond_within_s)
+        alarm.on_scene_by = _after(now, kind.on_scene_within_s)
+        alarm.on_scene_at = None
+        alarm.on_scene_missed = False
 
     def _priority(self, kind: AlarmType) -> str:
         during = set(kind.raise_to_p1_during)
@@ -437,6 +499,15 @@ class AlarmEngine:
         if alarm.respond_by and not alarm.overdue and now >= parse_rfc3339(alarm.respond_by):
             alarm.overdue = True
             self._log(alarm, "overdue", GATEWAY, now, f"respond-by {alarm.respond_by} passed")
+
+    def _check_on_scene(self, alarm: Alarm, now: datetime) -> None:
+        """On-scene commitment missed (e.g. lift maintenance not there in 30 min)."""
+        due = alarm.on_scene_by
+        if due and alarm.on_scene_at is None and not alarm.on_scene_missed:
+            if now >= parse_rfc3339(due):
+                alarm.on_scene_missed = True
+                kind = self.plan.types[alarm.type]
+                self._log(alarm, "on_scene_overdue", GATEWAY, now, kind.commitment)
 
     def _design_suppression(self, alarm: Alarm, now: datetime) -> str | None:
         kind = self.plan.types[alarm.type]

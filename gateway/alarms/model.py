@@ -76,6 +76,9 @@ class Alarm:
     acked_at: str | None = None
     acked_by: str | None = None
     respond_by: str | None = None
+    on_scene_by: str | None = None
+    on_scene_at: str | None = None
+    on_scene_missed: bool = False
     escalated: int = 0
     overdue: bool = False
     steps: list[Entry | None] = field(default_factory=list)

@@ -11,18 +11,18 @@ every problem is reported as "file: key: value reason" like the site file.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
-    StrictFloat,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -55,16 +55,30 @@ def _ident(value: str) -> str:
 
 
 def _clock_time(value: str) -> str:
-    try:
-        time.fromisoformat(value)
-    except ValueError:
-        raise ValueError("is not a time of day (HH:MM)") from None
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+        raise ValueError("is not a time of day (HH:MM, 00:00–23:59)")
+    return value
+
+
+def _number(value: Any) -> Any:
+    # TOML has types: "60" or true where seconds belong is a mistake to report once,
+    # not to coerce (and not two lines, one per numeric type).
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("is not a number")
+    return float(value)
+
+
+def _scalar(value: Any) -> Any:
+    if not isinstance(value, str | bool | int) or isinstance(value, float):
+        raise ValueError("is not a text, true/false or a whole number")
     return value
 
 
 Ident = Annotated[str, AfterValidator(_ident)]
-Positive = Annotated[StrictFloat | StrictInt, Field(gt=0)]
-NonNegative = Annotated[StrictFloat | StrictInt, Field(ge=0)]
+Number = Annotated[float, BeforeValidator(_number)]
+Positive = Annotated[Number, Field(gt=0)]
+NonNegative = Annotated[Number, Field(ge=0)]
+Scalar = Annotated[str | bool | int, BeforeValidator(_scalar)]
 Text = Annotated[StrictStr, Field(min_length=1, max_length=500)]
 
 
@@ -142,9 +156,9 @@ class MatchRule(_RuleBase):
 
     kind: Literal["match"]
     event: list[StrictStr] = Field(min_length=1)
-    when: dict[str, StrictStr | StrictBool | StrictInt] = {}
+    when: dict[str, Scalar] = {}
     active_field: StrictStr | None = None
-    active_values: list[StrictStr | StrictBool | StrictInt] = [True]
+    active_values: list[Scalar] = [True]
     clear_event: list[StrictStr] = []
     instance: list[StrictStr] = ["device"]
     on_delay_s: NonNegative = 0
@@ -157,8 +171,8 @@ class ThresholdRule(_RuleBase):
     kind: Literal["threshold"]
     event: list[StrictStr] = Field(min_length=1)
     value: list[StrictStr] = Field(min_length=1)
-    below: StrictFloat | StrictInt | None = None
-    above: StrictFloat | StrictInt | None = None
+    below: Number | None = None
+    above: Number | None = None
     deadband: NonNegative = 0
     on_delay_s: NonNegative = 0
     off_delay_s: NonNegative = 0
@@ -184,7 +198,7 @@ class AggregateRule(_RuleBase):
     kind: Literal["aggregate"]
     group_by: Literal["building", "lot", "kind", "utility"]
     down_when: list[Literal["offline", "zero_voltage"]] = Field(min_length=1)
-    fraction: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.5
+    fraction: Annotated[Number, Field(gt=0, le=1)] = 0.5
     min_members: Annotated[StrictInt, Field(ge=1)] = 2
     window_s: Positive = 60
 
@@ -242,6 +256,16 @@ class Plan(_Strict):
 def _cross_checks(plan: Plan, source: str) -> list[str]:
     problems: list[str] = []
     level_ids = {level.id for level in plan.levels}
+    first: dict[str, int] = {}
+    for i, level in enumerate(plan.levels):
+        if level.id in first:
+            problems.append(
+                f'{source}: levels[{i}].id: "{level.id}" is already used by '
+                f"levels[{first[level.id]}]"
+            )
+        first.setdefault(level.id, i)
+    if len(set(plan.plan.shifts)) != len(plan.plan.shifts):
+        problems.append(f"{source}: plan.shifts: a shift start is listed twice")
     for name, kind in plan.types.items():
         key = f"{source}: types.{name}"
         previous = 0.0
@@ -253,7 +277,7 @@ def _cross_checks(plan: Plan, source: str) -> list[str]:
                 )
             if step.after_s <= previous:
                 problems.append(
-                    f"{key}.escalation[{i}].after_s: {step.after_s} must be later than the "
+                    f"{key}.escalation[{i}].after_s: {step.after_s:g} must be later than the "
                     "level before it"
                 )
             previous = float(step.after_s)

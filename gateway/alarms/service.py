@@ -110,7 +110,7 @@ class AlarmService:
         self.cursor = stored.cursor
         replay_from = int(stored.memory.get("seq", self.cursor))
         rows = await self.journal.query(
-            lambda c: _events(c, replay_from, self.cursor, engine.kinds, 10 * BATCH)
+            lambda c: _events(c, replay_from, self.cursor, engine.kinds, 10 * BATCH, engine.wants)
         )
         for _seq, kind, device, payload, at in rows:
             engine.dry_run(kind, device, payload, at)
@@ -141,9 +141,11 @@ class AlarmService:
                 continue
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + self.tick_s
-            timeout = max(0.0, next_tick - time.monotonic())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
+            # that arrives as the commit signal fires, and the part never stops.
             try:
-                await asyncio.wait_for(signal.wait(), timeout)
+                async with asyncio.timeout(max(0.0, next_tick - time.monotonic())):
+                    await signal.wait()
             except TimeoutError:
                 pass
 
@@ -153,7 +155,9 @@ class AlarmService:
             engine = self.engine or await self.load()
             start = self.cursor
             kinds = engine.kinds
-            top, rows = await self.journal.query(lambda c: _new_events(c, start, kinds, BATCH))
+            top, rows = await self.journal.query(
+                lambda c: _new_events(c, start, kinds, BATCH, engine.wants)
+            )
             now = self.clock.now()
             for seq, kind, device, payload, _at in rows:
                 try:
@@ -368,7 +372,12 @@ EventRow = tuple[int, str, str | None, dict[str, Any], datetime]
 
 
 def _events(
-    conn: sqlite3.Connection, after: int, upto: int, kinds: frozenset[str], limit: int
+    conn: sqlite3.Connection,
+    after: int,
+    upto: int,
+    kinds: frozenset[str],
+    limit: int,
+    wants: Callable[[str, str | None], bool],
 ) -> list[EventRow]:
     marks = ",".join("?" * len(kinds))
     rows = conn.execute(
@@ -378,6 +387,8 @@ def _events(
     ).fetchall()
     out: list[EventRow] = []
     for seq, kind, device, payload, received_at in rows:
+        if not wants(kind, device):
+            continue
         try:
             data = json.loads(payload)
             if not isinstance(data, dict):
@@ -389,11 +400,18 @@ def _events(
 
 
 def _new_events(
-    conn: sqlite3.Connection, after: int, kinds: frozenset[str], limit: int
+    conn: sqlite3.Connection,
+    after: int,
+    kinds: frozenset[str],
+    limit: int,
+    wants: Callable[[str, str | None], bool],
 ) -> tuple[int, list[EventRow]]:
     """Up to ``limit`` relevant events after ``after``, and how far that read reached."""
     top = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
-    rows = _events(conn, after, top, kinds, limit)
-    if len(rows) == limit:
-        top = rows[-1][0]
-    return top, rows
+    rows = conn.execute(
+        "SELECT seq FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 1 OFFSET ?",
+        (after, top, limit - 1),
+    ).fetchone()
+    if rows is not None:  # more than a batch waiting: this read stops at a batch
+        top = int(rows[0])
+    return top, _events(conn, after, top, kinds, limit, wants)

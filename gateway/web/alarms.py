@@ -57,6 +57,12 @@ class ReasonIn(BaseModel):
     reason: str = Field(min_length=2, max_length=500)
 
 
+class AssignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    handler: str | None = Field(default=None, min_length=1, max_length=64)
+    supervisor: str | None = Field(default=None, min_length=1, max_length=64)
+
+
 class OutageIn(BaseModel):
     """A planned cut announced to residents (the 24-hours-ahead notice)."""
 
@@ -177,7 +183,8 @@ def create_alarm_router(alarms: AlarmService | None, zone: ZoneInfo) -> APIRoute
                 yield _sse("snapshot", {"alarms": svc.views()})
                 while True:
                     try:
-                        message = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_S)
+                        async with asyncio.timeout(KEEPALIVE_S):
+                            message = await sub.queue.get()
                     except TimeoutError:
                         yield ": keepalive\n\n"
                         continue
@@ -265,6 +272,39 @@ def create_alarm_router(alarms: AlarmService | None, zone: ZoneInfo) -> APIRoute
             alarm_id,
             f"step {number}",
             lambda e, now: e.tick_step(alarm_id, number - 1, who.name, now),
+        )
+
+    @router.post("/alarms/{alarm_id:path}/on-scene")
+    async def on_scene(
+        alarm_id: str,
+        who: Principal = Depends(require("alarms.acknowledge")),  # noqa: B008
+    ) -> dict[str, Any]:
+        """Someone is at the place (the plan's on-scene commitment)."""
+        return await act(
+            who,
+            "alarm.on_scene",
+            alarm_id,
+            None,
+            lambda e, now: e.on_scene(alarm_id, who.name, now),
+        )
+
+    @router.post("/alarms/{alarm_id:path}/assign")
+    async def assign(
+        alarm_id: str,
+        body: AssignIn,
+        who: Principal = Depends(require("alarms.acknowledge")),  # noqa: B008
+    ) -> dict[str, Any]:
+        """Name who handles the occurrence and who supervises it (the closed loop)."""
+        if body.handler is None and body.supervisor is None:
+            raise HTTPException(422, "name a handler, a supervisor or both")
+        return await act(
+            who,
+            "alarm.assign",
+            alarm_id,
+            None,
+            lambda e, now: e.assign(
+                alarm_id, who.name, now, handler=body.handler, supervisor=body.supervisor
+            ),
         )
 
     @router.post("/alarms/{alarm_id:path}/shelve")
