@@ -17,11 +17,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/gateway demo
 
-# As root, install the Debian packages the tests exercise (Mosquitto); as a
-# normal user the tests fall back to the pure-Python broker.
+# As root, install the Debian packages the tests exercise: Mosquitto, Chromium (the
+# screen's browser tests) and a CJK font (without one Chinese renders as boxes).
+# As a normal user the tests fall back to the pure-Python broker and skip the browser.
 system-packages:
-	@if [ "$$(id -u)" = 0 ] && ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients; \
+	@if [ "$$(id -u)" = 0 ]; then \
+		missing=""; \
+		command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto mosquitto-clients"; \
+		[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+		[ -d /usr/share/fonts/truetype/wqy ] || missing="$$missing fonts-wqy-microhei"; \
+		if [ -n "$$missing" ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		fi; \
 	fi
 
 lint: $(STAMP)
@@ -43,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/site_load.py
 	$(BIN)/python bench/sync_drain.py
 	$(BIN)/python bench/mqtt_ingest.py
+	$(BIN)/python bench/alarm_latency.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

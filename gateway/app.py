@@ -38,7 +38,11 @@ from gateway.sync.side import SyncSide
 from gateway.web.access import create_access_router
 from gateway.web.alarms import create_alarm_router
 from gateway.web.api import ApiContext, create_api
+from gateway.web.handover import Handovers, create_handover_router
 from gateway.web.meters import create_meter_router
+from gateway.web.pages import create_page_router
+from gateway.web.screen import SiteStatus, create_screen_router
+from gateway.web.sessions import SessionStore
 from gateway.web.sync import create_sync_router
 
 log = logging.getLogger(__name__)
@@ -154,13 +158,19 @@ class GatewayService:
         )
         for name, factory in self.alarms.parts():
             self.supervisor.add(name, factory)
+        tokens = TokenRegistry(cfg.users)
+        sessions = SessionStore(tokens)
+        site = SiteStatus(
+            journal, self.devices, cfg.parking.lots, self.sync, self.alarms, _device_kinds(cfg)
+        )
         api = create_api(
             ApiContext(
                 site_id=cfg.site.id,
                 journal=journal,
-                tokens=TokenRegistry(cfg.users),
+                tokens=tokens,
                 metrics=self.metrics,
                 parts=self.supervisor.health,
+                sessions=sessions,
             ),
             routers=[
                 create_meter_router(
@@ -175,6 +185,15 @@ class GatewayService:
                     journal, self.access.commands if self.access else None, cfg.parking.lots
                 ),
                 create_alarm_router(self.alarms, cfg.site.zone),
+                create_screen_router(site),
+                create_handover_router(Handovers(journal, site, self.alarms)),
+                create_page_router(
+                    sessions,
+                    journal,
+                    site_name=cfg.site.name,
+                    zone=cfg.site.timezone,
+                    access_points=list(cfg.devices.access_points),
+                ),
             ],
         )
         self.supervisor.add("api", lambda: _serve_api(api, sock))
@@ -228,6 +247,16 @@ class GatewayService:
         await journal.close(within_s=max(0.5, deadline - time.monotonic()))
         stop_wait.cancel()
         log.info("gateway stopped events_committed=%d", journal.events_committed)
+
+
+def _device_kinds(cfg: SiteConfig) -> dict[str, str]:
+    """Device id → what the screen calls it (meter, io, door, turnstile, barrier, …)."""
+    d = cfg.devices
+    kinds = {m.id: "meter" for m in d.meters}
+    kinds.update({m.id: "io" for m in d.io_modules})
+    kinds.update({a.id: a.kind for a in d.access_points})
+    kinds.update({w.id: "wand" for w in d.patrol_wands})
+    return kinds
 
 
 def _still_running(supervisor: Supervisor) -> str:

@@ -38,6 +38,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "alarms.shelve": frozenset({"supervisor", "admin"}),
     "alarms.service": frozenset({"supervisor", "admin"}),
     "outages.plan": frozenset({"supervisor", "admin"}),
+    "handover.read": frozenset({"guard", "supervisor", "admin"}),
+    "handover.write": frozenset({"guard", "supervisor", "admin"}),
 }
 """Permission name → roles holding it. Endpoints ask for a permission, never a role."""
 

@@ -319,3 +319,66 @@ def test_only_readings_of_watched_meters_are_read() -> None:
     assert not e.wants("meter.reading", "some-test-meter")
     assert e.wants("door.forced", "any-door") and e.wants("central.outage_notice", None)
     assert not e.wants("access.granted", "gate-1")
+
+
+def test_a_clearing_event_clears_and_a_cleared_detector_no_longer_counts_for_fire() -> None:
+    e = engine()
+    e.on_event("door.held_open", "gate-1", {"door": 1}, at(0))
+    held = e.alarms["door-held-open:gate-1"]
+    assert held.active and held.state == "unacknowledged"
+    e.on_event("door.closed", "gate-1", {"door": 1}, at(30))
+    assert not held.active and held.state == "rtn_unacknowledged"
+    e.on_event("detector.alarm", "smoke-1", {}, at(100))
+    e.on_event("detector.normal", "smoke-1", {}, at(110))
+    assert not e.alarms["fire-detector-mqtt:smoke-1"].active
+    e.take()
+    # 10 minutes later one relay alone is one signal: no linkage
+    e.on_event("io.input", "io-1", contact("fire_panel_alarm", True, 1), at(700))
+    assert "fire-confirmed:site" not in e.alarms or not e.alarms["fire-confirmed:site"].active
+    assert not e.take().actions
+
+
+def test_an_outage_over_inside_its_planned_window_needs_nothing_from_the_guard() -> None:
+    e = engine()
+    notice = {
+        "notice_id": "N-2",
+        "utility": "electricity",
+        "scope": ["B04"],
+        "starts_at": at(0).isoformat(),
+        "ends_at": at(3600).isoformat(),
+    }
+    e.on_event("central.outage_notice", None, notice, at(0))
+    for n in range(6):
+        e.on_event("meter.reading", f"B04-{n:02d}", {"instant": {"voltage": 0.0}}, at(10))
+    for n in range(6):
+        e.on_event("meter.reading", f"B04-{n:02d}", {"instant": {"voltage": 229.0}}, at(600))
+    e.tick(at(700))  # past the aggregate's off-delay
+    alarm = e.alarms["building-power:B04"]
+    assert alarm.state == "normal"
+    e.tick(at(4000))
+    assert alarm.state == "normal"
+    assert not [i for i in e.take().incidents.values() if i["type"] == "power_outage"]
+
+
+def test_a_re_raise_before_acknowledgement_sends_a_new_revision() -> None:
+    e = engine()
+    e.on_event("io.input", "io-1", contact("sump_high", True, 5), at(0))
+    e.on_event("io.input", "io-1", contact("sump_high", False, 5), at(10))
+    first = e.take().incidents
+    e.on_event("io.input", "io-1", contact("sump_high", True, 5), at(20))
+    again = e.take().incidents
+    [(occurrence, body)] = again.items()
+    assert occurrence in first and body["state"] == "open"
+    assert body["revision"] > first[occurrence]["revision"]
+
+
+def test_the_gateways_own_downtime_is_not_a_devices_silence() -> None:
+    e = engine()
+    e.on_event("meter.reading", "B03-main", {"instant": {"voltage": 230}}, at(0))
+    memory = e.memory()
+    later = AlarmEngine(PLAN, directory(), site_name="x", started=at(7200))  # back after 2 h
+    later.restore(memory)
+    later.tick(at(7201))
+    assert "main-meter-silent:B03-main" not in later.alarms
+    later.tick(at(7200 + 1800))
+    assert later.alarms["main-meter-silent:B03-main"].active

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.sim.gates import GateTraffic, SimBarrier, SimGate
+from gateway.sim.gates import SimBarrier, SimGate
 from gateway.sync.receiver import CentralReceiver
-from tests.harness.broker import Broker, MqttTestClient
+from tests.harness.broker import Broker, MqttTestClient, simulated_devices
 from tests.harness.site import GatewayProcess, Site, write_site
 
 PROFILES = Path(__file__).resolve().parents[1] / "config" / "profiles"
@@ -250,15 +250,11 @@ def test_a_fire_confirmed_by_two_detectors_releases_gates_and_raises_barriers(
     tmp_path: Path, mqtt_broker: Broker
 ) -> None:
     site = fire_site(tmp_path / "site", mqtt_broker)
-    devices = GateTraffic(
-        mqtt_broker.host,
-        mqtt_broker.port,
-        mqtt_broker.username,
-        mqtt_broker.password,
+    devices = simulated_devices(
+        mqtt_broker,
         gates=[SimGate("N-GATE-1", "site/gates/N-GATE-1")],
         barriers=[SimBarrier("P-IN-1", "site/barriers/P-IN-1", "garage", "in")],
     )
-    devices.start()
     gateway = GatewayProcess(site)
     try:
         gateway.wait_ready()

@@ -181,7 +181,7 @@ def test_journal_from_a_newer_gateway_exits_2(tmp_path: Path) -> None:
     result = _run(site.path)
     assert result.returncode == 2
     [line] = _error_lines(result)
-    assert "schema version 7 is newer than this gateway knows (5)" in line
+    assert "schema version 7 is newer than this gateway knows (6)" in line
     assert site.journal.read_bytes() == before
 
 

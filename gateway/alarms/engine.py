@@ -440,7 +440,11 @@ class AlarmEngine:
             return
         alarm.active = False
         alarm.cleared_at = to_rfc3339(now)
-        self._log(alarm, "cleared", GATEWAY, now)
+        note = None
+        if alarm.suppressed:  # over inside its planned window: nothing for the guard to do
+            alarm.acked = True
+            note = f"{alarm.suppressed}: 计划内,无需确认 by design, no acknowledgement needed"
+        self._log(alarm, "cleared", GATEWAY, now, note)
 
     def _start_clock(self, alarm: Alarm, kind: AlarmType, now: datetime) -> None:
         alarm.raised_at = to_rfc3339(now)
@@ -615,7 +619,7 @@ class AlarmEngine:
                 received_at=now,
             )
         )
-        if alarm.incident_open and what != "raised":
+        if alarm.incident_open:  # (a first raise opens its incident in _annunciate)
             self._incident(alarm, now)
 
     def _incident(self, alarm: Alarm, now: datetime) -> None:

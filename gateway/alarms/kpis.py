@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo
 
 from gateway.clock import parse_rfc3339, to_rfc3339
 
+_ANNUNCIATED = ("unacknowledged", "acknowledged", "rtn_unacknowledged")
+
 
 def shift_window(
     now: datetime, starts: Sequence[str], zone: ZoneInfo, which: str = "current"
@@ -54,9 +56,18 @@ def shift_kpis(
     by_priority: Counter[str] = Counter()
     flood_s = 0.0
     flood_since: datetime | None = None
+    before = conn.execute(  # a flood that began before the shift is still on at its start
+        "SELECT payload FROM events WHERE kind = 'alarm.flood' AND received_at < ? "
+        "ORDER BY seq DESC LIMIT 1",
+        (lo,),
+    ).fetchone()
+    if before is not None and json.loads(before[0]).get("state") == "started":
+        flood_since = start
     for kind, received_at, payload in rows:
         at = parse_rfc3339(received_at)
         data = json.loads(payload)
+        if kind == "alarm.raised" and data.get("state") not in _ANNUNCIATED:
+            continue  # raised while shelved, suppressed or out of service: not shown
         if kind == "alarm.raised":
             raised[data["alarm_id"]] += 1
             by_priority[data["priority"]] += 1
@@ -86,3 +97,19 @@ def shift_kpis(
         "top10": [{"alarm_id": a, "count": c} for a, c in raised.most_common(10)],
         "chattering": len(chattering),
     }
+
+
+def per_hour(conn: sqlite3.Connection, now: datetime, hours: int = 24) -> list[dict[str, Any]]:
+    """Alarms raised in each of the last ``hours`` whole hours (for the screen's chart)."""
+    end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    start = end - timedelta(hours=hours)
+    counts: Counter[int] = Counter()
+    for (received_at,) in conn.execute(
+        "SELECT received_at FROM events WHERE kind = 'alarm.raised' AND received_at >= ?",
+        (to_rfc3339(start),),
+    ):
+        counts[int((parse_rfc3339(received_at) - start).total_seconds() // 3600)] += 1
+    return [
+        {"hour": to_rfc3339(start + timedelta(hours=h)), "alarms": counts.get(h, 0)}
+        for h in range(hours)
+    ]

@@ -232,8 +232,10 @@ class MatchEval(_Debounced):
             wanted = False
         elif rule.active_field is not None:
             wanted = field_at(payload, rule.active_field) in rule.active_values
+        elif rule.clear_event:
+            wanted = True  # stays active until a clearing event
         else:
-            return [self._signal(source, True, momentary=not rule.clear_event)]
+            return [self._signal(source, True, momentary=True)]
         changed = self.debounce.update(source, wanted, now)
         return [] if changed is None else [self._signal(source, changed)]
 
@@ -329,8 +331,8 @@ class AbsenceEval:
 
     def restore(self, data: Mapping[str, Any]) -> None:
         for device, seen in data.get("last_seen", {}).items():
-            if device in self.last_seen:
-                self.last_seen[device] = parse_rfc3339(seen)
+            if device in self.last_seen:  # the gateway's own downtime is not the device's silence
+                self.last_seen[device] = max(self.last_seen[device], parse_rfc3339(seen))
         self.silent = {d for d in data.get("silent", []) if d in self.last_seen}
 
     def _signal(self, device: str, active: bool) -> Signal:

@@ -108,12 +108,14 @@ class AlarmService:
         )
         engine.restore(stored.memory.get("rules", {}))
         self.cursor = stored.cursor
-        replay_from = int(stored.memory.get("seq", self.cursor))
-        rows = await self.journal.query(
-            lambda c: _events(c, replay_from, self.cursor, engine.kinds, 10 * BATCH, engine.wants)
-        )
-        for _seq, kind, device, payload, at in rows:
-            engine.dry_run(kind, device, payload, at)
+        # Rule memory is flushed every MEMORY_EVERY_S: replay what came after it.
+        replay_from = min(int(stored.memory.get("seq", self.cursor)), self.cursor)
+        upto = self.cursor
+        for low in range(replay_from, upto, BATCH):  # windows of seq: at most BATCH rows each
+            high = min(low + BATCH, upto)
+            rows = await self.journal.query(_window(low, high, engine))
+            for _seq, kind, device, payload, at in rows:
+                engine.dry_run(kind, device, payload, at)
         self.engine = engine
         log.info(
             "alarm engine loaded alarms=%d active=%d cursor=%d rules=%d",
@@ -397,6 +399,11 @@ def _events(
         except ValueError as exc:
             log.error("alarm engine: event seq=%d kind=%s skipped: %s", seq, kind, exc)
     return out
+
+
+def _window(low: int, high: int, engine: AlarmEngine) -> Callable[[sqlite3.Connection], Any]:
+    """A read of the relevant events with seq in (low, high], for the replay."""
+    return lambda conn: _events(conn, low, high, engine.kinds, BATCH, engine.wants)
 
 
 def _new_events(

@@ -208,12 +208,29 @@ def _alarms(conn: sqlite3.Connection) -> None:
     )
 
 
+def _handovers(conn: sqlite3.Connection) -> None:
+    # Shift handover records (交接班): the body is frozen when the outgoing guard
+    # creates it; the incoming guard's signature is the only later change.
+    conn.execute(
+        """CREATE TABLE handovers (
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            outgoing TEXT NOT NULL,           -- user name of the outgoing guard (signs by creating)
+            incoming TEXT,                    -- user name of the incoming guard, once signed
+            signed_at TEXT,
+            body TEXT NOT NULL                -- JSON: the record as created
+        )"""
+    )
+    conn.execute("CREATE INDEX handovers_created ON handovers (created_at)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events and audit", _initial),
     Migration(2, "meter baselines and period closes", _meters),
     Migration(3, "sync outbox, dead letters, central tickets and notices", _sync),
     Migration(4, "parking occupancy", _parking),
     Migration(5, "alarm states", _alarms),
+    Migration(6, "shift handovers", _handovers),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

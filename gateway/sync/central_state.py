@@ -9,6 +9,7 @@ the incident timeline.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -92,9 +93,20 @@ def store_outage_notices(
             for n in notices
         ],
     )
+    # The id carries the notice's content, so a revised notice (same notice_id,
+    # new window) is a new event the alarm engine sees, and a repeat is stored once.
     insert_events(
-        conn, [Event(kind, None, dict(n), id=f"outage-notice:{n['notice_id']}") for n in notices]
+        conn,
+        [
+            Event(kind, None, dict(n), id=f"outage-notice:{n['notice_id']}:{_digest(n)}")
+            for n in notices
+        ],
     )
+
+
+def _digest(notice: Mapping[str, Any]) -> str:
+    text = json.dumps(dict(notice), sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

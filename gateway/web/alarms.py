@@ -22,7 +22,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gateway.alarms.engine import AlarmEngine, AlarmRefused
-from gateway.alarms.kpis import shift_kpis, shift_window
+from gateway.alarms.kpis import per_hour, shift_kpis, shift_window
 from gateway.alarms.service import AlarmService
 from gateway.auth import Principal
 from gateway.clock import parse_rfc3339, to_rfc3339
@@ -160,15 +160,28 @@ def create_alarm_router(alarms: AlarmService | None, zone: ZoneInfo) -> APIRoute
         start, end = shift_window(now, svc.plan.plan.shifts, zone, shift)
         figures = await svc.journal.query(lambda conn: shift_kpis(conn, start, end, now))
         stale_s = float(svc.plan.plan.stale_after_h) * 3600
-        figures["stale"] = sum(
-            1
-            for v in svc.views()
-            if v["active"]
-            and v["raised_at"]
-            and (now - parse_rfc3339(v["raised_at"])).total_seconds() > stale_s
+        figures["stale"] = (
+            None
+            if shift == "previous"
+            else sum(  # a count of now
+                1
+                for v in svc.views()
+                if v["active"]
+                and v["raised_at"]
+                and (now - parse_rfc3339(v["raised_at"])).total_seconds() > stale_s
+            )
         )
         figures["flood_now"] = bool(svc.engine and svc.engine.flood)
         return figures
+
+    @router.get("/alarms/per-hour")
+    async def alarms_per_hour(
+        _: Principal = Depends(require("alarms.read")),  # noqa: B008
+    ) -> dict[str, Any]:
+        """Alarms raised per hour over the last 24 hours (the screen's chart)."""
+        svc = service()
+        now = svc.clock.now()
+        return {"hours": await svc.journal.query(lambda conn: per_hour(conn, now))}
 
     @router.get("/alarms/stream")
     async def stream(
@@ -218,7 +231,10 @@ def create_alarm_router(alarms: AlarmService | None, zone: ZoneInfo) -> APIRoute
             "by": who.name,
         }
         svc = service()
-        await svc.plan_outage(notice, who)
+        try:
+            await svc.plan_outage(notice, who)
+        except JournalError as exc:
+            raise HTTPException(503, f"not recorded, try again: {exc}") from None
         return notice
 
     @router.get("/alarms/{alarm_id:path}")

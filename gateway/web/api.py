@@ -27,6 +27,7 @@ from gateway.journal.store import Journal
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.supervisor import PartHealth, PartState
 from gateway.web.security import require
+from gateway.web.sessions import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class ApiContext:
     tokens: TokenRegistry
     metrics: GatewayMetrics
     parts: Callable[[], dict[str, PartHealth]]
+    sessions: SessionStore | None = None
 
 
 class EventIn(BaseModel):
@@ -83,6 +85,7 @@ def create_api(ctx: ApiContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
         description="On-site edge gateway: events, health, metrics. Bearer token per user.",
     )
     app.state.tokens = ctx.tokens
+    app.state.sessions = ctx.sessions
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Response:

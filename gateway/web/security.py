@@ -1,14 +1,21 @@
-"""Bearer-token authentication and permission checks for the HTTP API."""
+"""Authentication and permission checks for the HTTP API and the pages.
+
+A request is authenticated by a bearer token (scripts, central, tests) or by
+a page session cookie (gateway.web.sessions); a cookie-authenticated request
+that changes something must also carry the session's CSRF token.
+"""
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.auth import PERMISSIONS, Principal, TokenRegistry
+from gateway.web.sessions import COOKIE, CSRF_HEADER, SessionStore
 
 log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False, description="a user's token from the site file")
@@ -25,6 +32,8 @@ def require(permission: str) -> Callable[..., Awaitable[Principal]]:
     ) -> Principal:
         registry: TokenRegistry = request.app.state.tokens
         principal = None if credentials is None else registry.authenticate(credentials.credentials)
+        if principal is None and credentials is None:
+            principal = _from_session(request)
         if principal is None:
             log.warning(
                 "auth refused path=%s client=%s reason=%s",
@@ -51,3 +60,22 @@ def require(permission: str) -> Callable[..., Awaitable[Principal]]:
         return principal
 
     return check
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _from_session(request: Request) -> Principal | None:
+    """The principal of the page session, checking CSRF on state changes."""
+    sessions: SessionStore | None = getattr(request.app.state, "sessions", None)
+    if sessions is None:
+        return None
+    session = sessions.get(request.cookies.get(COOKIE))
+    if session is None:
+        return None
+    if request.method not in _SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not secrets.compare_digest(sent, session.csrf):
+            log.warning("csrf refused path=%s user=%s", request.url.path, session.principal.name)
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "CSRF token missing or wrong")
+    return session.principal

@@ -40,6 +40,7 @@ from gateway.sim.broker import (
     mosquitto_binary,
     run_broker,
 )
+from gateway.sim.gates import GateTraffic, SimBarrier, SimGate
 
 log = logging.getLogger(__name__)
 
@@ -202,3 +203,15 @@ def mqtt_broker_module(request: pytest.FixtureRequest) -> Iterator[Broker]:
     """
     with run_broker(_requested_kind(request)) as broker:
         yield broker
+
+
+def simulated_devices(
+    broker: Broker, gates: list[SimGate], barriers: list[SimBarrier]
+) -> GateTraffic:
+    """Simulated gate controllers and barrier cameras on ``broker``, started: they
+    answer the gateway's commands (open, hold open, raise) like the real ones."""
+    devices = GateTraffic(
+        broker.host, broker.port, broker.username, broker.password, gates=gates, barriers=barriers
+    )
+    devices.start()
+    return devices

@@ -1,0 +1,180 @@
+"""What the guard-room screen shows besides alarms, in one request each.
+
+``/api/v1/screen/status`` gathers devices by kind and state, car parks,
+meters (offline, buildings in outage, planned cuts, period closes owed) and
+sync, so the screen refreshes with one call. ``/api/v1/access/feed`` is the
+live list of gate and barrier events, with card numbers and plates masked
+for guards (a resident's movements are personal data; ../shared/DOMAIN.md,
+records and confidentiality) and shown in full to supervisors.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from gateway.adapters.mqtt.profile import EVENT_KINDS
+from gateway.alarms.service import AlarmService
+from gateway.auth import Principal
+from gateway.clock import to_rfc3339, utc_now
+from gateway.config import ParkingLot
+from gateway.health import DeviceHealth
+from gateway.journal.store import Journal
+from gateway.parking import occupancy
+from gateway.sync.central_state import outage_notices
+from gateway.sync.side import SyncSide
+from gateway.web.security import require
+
+FEED_KINDS = tuple(
+    k for k in EVENT_KINDS if k.startswith(("access.", "door.", "vehicle.", "barrier."))
+)
+_SEE_IN_FULL = frozenset({"supervisor", "admin"})
+
+
+def mask_card(card: str) -> str:
+    """``12345678`` → ``****5678``: enough to tell cards apart, not to copy one."""
+    return "*" * max(0, len(card) - 4) + card[-4:]
+
+
+def mask_plate(plate: str) -> str:
+    """``皖A12345`` → ``皖A***45``: province and city, the last two characters."""
+    if len(plate) <= 4:
+        return plate[:1] + "*" * (len(plate) - 1)
+    return plate[:2] + "*" * (len(plate) - 4) + plate[-2:]
+
+
+def masked(payload: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    if principal.role in _SEE_IN_FULL:
+        return payload
+    shown = dict(payload)
+    if isinstance(shown.get("card"), str):
+        shown["card"] = mask_card(shown["card"])
+    if isinstance(shown.get("plate"), str):
+        shown["plate"] = mask_plate(shown["plate"])
+    shown.pop("vendor", None)  # the raw payload repeats what was just masked
+    return shown
+
+
+def _feed(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    # One indexed (kind, seq) read per kind, merged: a scan by seq would wade
+    # through every meter reading in between.
+    rows = []
+    for kind in FEED_KINDS:
+        rows += conn.execute(
+            "SELECT seq, kind, device, received_at, payload FROM events "
+            "WHERE kind = ? ORDER BY seq DESC LIMIT ?",
+            (kind, limit),
+        ).fetchall()
+    rows.sort(key=lambda row: -int(row[0]))
+    return [
+        {"seq": seq, "kind": kind, "device": device, "at": at, "payload": json.loads(payload)}
+        for seq, kind, device, at, payload in rows[:limit]
+    ]
+
+
+def _meter_figures(conn: sqlite3.Connection, now: str) -> dict[str, Any]:
+    owed = conn.execute("SELECT count(*) FROM period_close WHERE status = 'owed'").fetchone()[0]
+    notices = [n.__dict__ for n in outage_notices(conn, ending_after=now)]
+    return {"closes_owed": int(owed), "planned_outages": notices}
+
+
+class SiteStatus:
+    """Everything but alarms that the screen and the shift handover show."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        devices: Callable[[], list[DeviceHealth]],
+        lots: Sequence[ParkingLot],
+        sync: SyncSide | None,
+        alarms: AlarmService | None,
+        kinds: dict[str, str],
+    ) -> None:
+        self.journal = journal
+        self.devices = devices
+        self.lots = lots
+        self.sync = sync
+        self.alarms = alarms
+        self.kinds = kinds
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Devices by kind and state, car parks, meters and sync, as of now."""
+        by_kind: dict[str, Counter[str]] = {}
+        down = []
+        for health in self.devices():
+            kind = self.kinds.get(health.device, health.kind)
+            by_kind.setdefault(kind, Counter())[health.state.value] += 1
+            if health.state.value in ("offline", "degraded"):
+                down.append({"device": health.device, "kind": kind, "state": health.state.value})
+        now = to_rfc3339(utc_now())
+        meters = await self.journal.query(lambda conn: _meter_figures(conn, now))
+        meter_health = by_kind.get("meter", Counter())
+        outages = sorted(
+            {
+                v["building"] or v["location"]
+                for v in (self.alarms.views() if self.alarms else [])
+                if v["type"] == "power_outage" and v["active"]
+            }
+        )
+        lots = self.lots
+        parking = await self.journal.query(lambda conn: occupancy(conn, lots))
+        sync_status = await self.sync.status() if self.sync is not None else None
+        return {
+            "at": now,
+            "devices": {k: dict(v) for k, v in sorted(by_kind.items())},
+            "down": down[:50],
+            "parking": parking,
+            "meters": {
+                "total": sum(meter_health.values()),
+                "offline": meter_health.get("offline", 0),
+                "buildings_in_outage": outages,
+                **meters,
+            },
+            "sync": None if sync_status is None else _sync_summary(sync_status),
+            "patrol": None,  # the guard tour (issue 7) has not landed
+        }
+
+
+def _sync_summary(status: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "state": status["state"],
+        "dead_letters": status["dead_letters"],
+        "backlog_used_pct": status["backlog_used_pct"],
+        "streams": {
+            name: {
+                "backlog": s["backlog"],
+                "last_success": s["last_success"],
+                "last_error": s["last_error"],
+            }
+            for name, s in status["streams"].items()
+        },
+    }
+
+
+def create_screen_router(site: SiteStatus) -> APIRouter:
+    """Routes for the guard-room screen."""
+    router = APIRouter(prefix="/api/v1", tags=["screen"])
+    journal = site.journal
+
+    @router.get("/screen/status")
+    async def status(_: Principal = Depends(require("devices.read"))) -> dict[str, Any]:  # noqa: B008
+        """Devices, car parks, meters and sync, for the site-status panel."""
+        return await site.snapshot()
+
+    @router.get("/access/feed")
+    async def feed(
+        who: Principal = Depends(require("devices.read")),  # noqa: B008
+        limit: Annotated[int, Query(ge=1, le=200)] = 30,
+    ) -> dict[str, Any]:
+        """The latest gate and barrier events, cards and plates masked for guards."""
+        events = await journal.query(lambda conn: _feed(conn, limit))
+        for event in events:
+            event["payload"] = masked(event["payload"], who)
+        return {"events": events, "masked": who.role not in _SEE_IN_FULL}
+
+    return router
