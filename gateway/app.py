@@ -161,7 +161,14 @@ class GatewayService:
         tokens = TokenRegistry(cfg.users)
         sessions = SessionStore(tokens)
         site = SiteStatus(
-            journal, self.devices, cfg.parking.lots, self.sync, self.alarms, _device_kinds(cfg)
+            journal,
+            self.devices,
+            cfg.parking.lots,
+            self.sync,
+            self.alarms,
+            _device_kinds(cfg),
+            zone=cfg.site.zone,
+            mains=_building_mains(cfg),
         )
         api = create_api(
             ApiContext(
@@ -257,6 +264,15 @@ def _device_kinds(cfg: SiteConfig) -> dict[str, str]:
     kinds.update({a.id: a.kind for a in d.access_points})
     kinds.update({w.id: "wand" for w in d.patrol_wands})
     return kinds
+
+
+def _building_mains(cfg: SiteConfig) -> dict[str, list[str]]:
+    """Building → its main electricity meters."""
+    mains: dict[str, list[str]] = {}
+    for meter in cfg.devices.meters:
+        if meter.role == "main" and meter.utility == "electricity" and meter.building:
+            mains.setdefault(meter.building, []).append(meter.id)
+    return mains
 
 
 def _still_running(supervisor: Supervisor) -> str:

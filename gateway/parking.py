@@ -16,10 +16,13 @@ is audited.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.config import ParkingLot
 from gateway.events import Event
 from gateway.journal.store import insert_events
@@ -141,4 +144,39 @@ def occupancy(conn: sqlite3.Connection, lots: Sequence[ParkingLot]) -> list[dict
                 "other_cars": {k: v for k, v in own.items() if k not in lot.classes and v},
             }
         )
+    return out
+
+
+def cars_by_hour(
+    conn: sqlite3.Connection, lots: Sequence[ParkingLot], start: datetime, hours: int
+) -> list[dict[str, Any]]:
+    """Cars in each lot at the end of each hour since ``start``, worked back from
+    the lot's count now through the entries and exits since (its own barriers)."""
+    now_counts: dict[str, int] = {}
+    for lot, count in conn.execute("SELECT lot, sum(count) FROM occupancy GROUP BY lot"):
+        now_counts[lot] = int(count)
+    flows: dict[str, list[int]] = {lot.id: [0] * hours for lot in lots}
+    after: dict[str, int] = {lot.id: 0 for lot in lots}  # net change after the window
+    since = to_rfc3339(start.astimezone(UTC))
+    for kind, received_at, payload in conn.execute(
+        "SELECT kind, received_at, payload FROM events WHERE kind IN (?, ?) AND received_at >= ?",
+        (*sorted(VEHICLE_KINDS), since),
+    ):
+        lot = json.loads(payload).get("lot")
+        if lot not in flows:
+            continue
+        step = 1 if kind == "vehicle.entry" else -1
+        hour = int((parse_rfc3339(received_at) - start).total_seconds() // 3600)
+        if hour < hours:
+            flows[lot][hour] += step
+        else:
+            after[lot] += step
+    out = []
+    for lot in lots:
+        cars = now_counts.get(lot.id, 0) - after[lot.id]
+        series: list[int] = [0] * hours
+        for hour in range(hours - 1, -1, -1):
+            series[hour] = max(0, cars)
+            cars -= flows[lot.id][hour]
+        out.append({"lot": lot.id, "name": lot.name, "spaces": lot.spaces, "cars": series})
     return out

@@ -137,6 +137,9 @@ def _print_welcome(
 ) -> None:
     d = config.devices
     print(f"\nSite Gateway demo — {config.site.name} / {config.site.name_en}")
+    print(
+        f"  guard screen (岗亭监控):  {url}/   (sign in as guard / supervisor with a token below)"
+    )
     print(f"  API (OpenAPI docs):      {url}/docs")
     print(f"  sync status:             {url}/api/v1/sync   (needs a token)")
     print(f"  central system (sim):    {central_url}/")
@@ -289,8 +292,9 @@ def run_demo(*, duration: float | None, port: int, data_dir: Path) -> int:
         fleet.stop()
         central.stop()
         stack.close()
-    total, this_run, readings = _count(config.journal.path, seq_before)
+    total, this_run, readings, raised = _count(config.journal.path, seq_before)
     _print_summary(config, summary, (this_run, total), readings, devices, requests)
+    print(f"  alarms:          {raised} raised (see the guard screen and /api/v1/alarms)")
     if traffic is not None:
         print(
             f"  gates:           {traffic.published} messages from the simulated gates and "
@@ -321,7 +325,6 @@ def _print_summary(
     )
     print(f"  meter readings:  {readings} this run")
     print(f"  simulator:       {requests} Modbus requests answered or ignored")
-    print("  alarms:          none raised (no alarm rules in this build)")
 
 
 def _last_seq(path: Path) -> int:
@@ -337,18 +340,20 @@ def _last_seq(path: Path) -> int:
         conn.close()
 
 
-def _count(path: Path, after_seq: int) -> tuple[int, int, int]:
-    """(events in the journal, events after ``after_seq``, meter readings after it).
+def _count(path: Path, after_seq: int) -> tuple[int, int, int, int]:
+    """(events in the journal, events after ``after_seq``, meter readings and
+    alarms raised after it).
 
     Counted in the journal: ``RunSummary.events_this_run`` leaves out what the
     meter book writes itself (readings go in with their baselines).
     """
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        this_run, readings = conn.execute(
-            "SELECT count(*), coalesce(sum(kind = 'meter.reading'), 0) FROM events WHERE seq > ?",
+        this_run, readings, raised = conn.execute(
+            "SELECT count(*), coalesce(sum(kind = 'meter.reading'), 0), "
+            "coalesce(sum(kind = 'alarm.raised'), 0) FROM events WHERE seq > ?",
             (after_seq,),
         ).fetchone()
-        return count_events(conn), int(this_run), int(readings)
+        return count_events(conn), int(this_run), int(readings), int(raised)
     finally:
         conn.close()

@@ -14,7 +14,9 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query
 
@@ -25,7 +27,8 @@ from gateway.clock import to_rfc3339, utc_now
 from gateway.config import ParkingLot
 from gateway.health import DeviceHealth
 from gateway.journal.store import Journal
-from gateway.parking import occupancy
+from gateway.meters.usage import hourly_use
+from gateway.parking import cars_by_hour, occupancy
 from gateway.sync.central_state import outage_notices
 from gateway.sync.side import SyncSide
 from gateway.web.security import require
@@ -94,7 +97,12 @@ class SiteStatus:
         sync: SyncSide | None,
         alarms: AlarmService | None,
         kinds: dict[str, str],
+        *,
+        zone: ZoneInfo,
+        mains: dict[str, list[str]],
     ) -> None:
+        self.zone = zone
+        self.mains = mains  # building → its main electricity meters (consumption chart)
         self.journal = journal
         self.devices = devices
         self.lots = lots
@@ -139,6 +147,35 @@ class SiteStatus:
             "patrol": None,  # the guard tour (issue 7) has not landed
         }
 
+    async def charts(self, building: str | None) -> dict[str, Any]:
+        """Cars parked per hour today; a building's power use today vs yesterday."""
+        now = utc_now().astimezone(self.zone)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        hours_so_far = now.hour + 1
+        lots = self.lots
+        parking = await self.journal.query(
+            lambda conn: cars_by_hour(conn, lots, midnight, hours_so_far)
+        )
+        buildings = sorted(self.mains)
+        chosen = building if building in self.mains else (buildings[0] if buildings else None)
+        meters = self.mains.get(chosen or "", [])
+        yesterday = midnight - timedelta(days=1)
+        today_use = await self.journal.query(
+            lambda conn: hourly_use(conn, meters, "import_kwh", midnight, hours_so_far)
+        )
+        before = await self.journal.query(
+            lambda conn: hourly_use(conn, meters, "import_kwh", yesterday, 24)
+        )
+        return {
+            "parking": parking,
+            "consumption": {
+                "building": chosen,
+                "buildings": buildings,
+                "today": today_use,
+                "yesterday": before,
+            },
+        }
+
 
 def _sync_summary(status: dict[str, Any]) -> dict[str, Any]:
     return {
@@ -165,6 +202,14 @@ def create_screen_router(site: SiteStatus) -> APIRouter:
     async def status(_: Principal = Depends(require("devices.read"))) -> dict[str, Any]:  # noqa: B008
         """Devices, car parks, meters and sync, for the site-status panel."""
         return await site.snapshot()
+
+    @router.get("/screen/charts")
+    async def charts(
+        _: Principal = Depends(require("devices.read")),  # noqa: B008
+        building: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> dict[str, Any]:
+        """Cars parked per hour today; a building's power use per hour, today vs yesterday."""
+        return await site.charts(building)
 
     @router.get("/access/feed")
     async def feed(

@@ -200,13 +200,13 @@ function alarmCard(a, extra) {
       extra || null,
       countdown(a)),
     el("p", { class: "meta" }, `${t("where")}: `, el("strong", {}, a.location), ` · ${t("raised_at")}: ${fmtTime(a.raised_at)}`),
-    a.incident ? el("p", { class: "meta" }, `${t("ticket")}: `, ticket && ticket.ticket_no ? `${ticket.ticket_no} (${ticket.ticket_state || ""})` : t("no_ticket")) : null,
+    a.incident ? el("p", { class: "meta" }, `${t("ticket")}: `, ticket && ticket.ticket_no ? `${ticket.ticket_no}${ticket.ticket_state ? ` (${ticket.ticket_state})` : ""}` : t("no_ticket")) : null,
     escalated ? el("p", { class: "meta" }, `${t("escalated_to")}: ${escalated}`) : null,
     a.on_scene_missed ? el("p", { class: "meta" }, el("strong", {}, t("on_scene_missed"))) : null,
     stepList(a),
     el("div", { class: "actions" }, buttons),
     el("details", {}, el("summary", {}, t("timeline")),
-      el("ol", { class: "timeline" }, (a.timeline || []).map((e) => el("li", {}, `${fmtTime(e.at)} ${e.what} · ${e.by}${e.note ? ` · ${e.note}` : ""}`)))));
+      el("ol", { class: "timeline" }, (a.timeline || []).map((e) => el("li", {}, `${fmtTime(e.at)} ${t(`what_${e.what}`)} · ${e.by === "gateway" ? t("by_gateway") : e.by}${e.note ? ` · ${e.note}` : ""}`)))));
 }
 
 function render() {
@@ -354,7 +354,7 @@ async function refreshStatus() {
   $("meters").replaceChildren(el("table", {},
     el("tr", {}, el("th", { scope: "row" }, t("meters_offline")), el("td", { class: m.offline ? "bad" : null }, `${m.offline} / ${m.total}`)),
     el("tr", {}, el("th", { scope: "row" }, t("buildings_in_outage")), el("td", { class: m.buildings_in_outage.length ? "bad" : null }, m.buildings_in_outage.join(", ") || t("none"))),
-    el("tr", {}, el("th", { scope: "row" }, t("planned_outages")), el("td", {}, m.planned_outages.map((n) => `${n.utility} ${n.scope.join(",")} ${fmtTime(n.starts_at)}–${fmtTime(n.ends_at)}`).join("; ") || t("none"))),
+    el("tr", {}, el("th", { scope: "row" }, t("planned_outages")), el("td", {}, m.planned_outages.map((n) => `${t(`utility_${n.utility}`)} ${n.scope.join(",")} ${fmtTime(n.starts_at)}–${fmtTime(n.ends_at)}`).join("; ") || t("none"))),
     el("tr", {}, el("th", { scope: "row" }, t("closes_owed")), el("td", { class: m.closes_owed ? "bad" : null }, String(m.closes_owed)))));
   $("parking").replaceChildren(el("table", {}, s.parking.map((lot) => el("tr", {},
     el("th", { scope: "row" }, lot.name),
@@ -417,6 +417,43 @@ async function refreshChart() {
   }));
 }
 
+function bars(values, top, cls) {
+  return values.map((v) => {
+    const bar = el("span", { class: cls, title: v === null ? "—" : String(v) });
+    bar.style.height = v === null ? "0" : `${Math.max(1, Math.round((100 * v) / top))}%`;
+    return bar;
+  });
+}
+
+let building = null;
+
+async function refreshCharts() {
+  const query = building ? `?building=${encodeURIComponent(building)}` : "";
+  const result = await api("GET", `/api/v1/screen/charts${query}`);
+  if (!result.ok) return;
+  const { parking, consumption } = result.data;
+  $("occupancy").replaceChildren(...parking.map((lot) => el("div", { class: "lot-chart" },
+    el("p", { class: "meta" }, `${lot.name}: ${lot.cars[lot.cars.length - 1] || 0} / ${lot.spaces}`),
+    el("div", { class: "chart", role: "img", "aria-label": lot.name }, bars(lot.cars, Math.max(1, lot.spaces), "")))));
+  const select = $("building");
+  if (select.options.length !== consumption.buildings.length) {
+    select.replaceChildren(...consumption.buildings.map((b) => el("option", { value: b }, b)));
+  }
+  select.value = consumption.building || "";
+  select.hidden = !consumption.buildings.length;
+  const today = consumption.today;
+  const before = consumption.yesterday;
+  const top = Math.max(0.001, ...today.filter((v) => v !== null), ...before.filter((v) => v !== null));
+  const pairs = [];
+  for (let h = 0; h < 24; h += 1) {
+    pairs.push(...bars([h < today.length ? today[h] : null], top, "today"));
+    pairs.push(...bars([before[h]], top, "yesterday"));
+    pairs.push(el("span", { class: "gap" }));
+  }
+  $("consumption").replaceChildren(...pairs);
+}
+$("building").addEventListener("change", (e) => { building = e.target.value; refreshCharts(); });
+
 async function refreshHandover() {
   const box = $("handover");
   if (!boot.may.handover) return;
@@ -454,10 +491,12 @@ connect();
 refreshStatus();
 refreshFeed();
 refreshChart();
+refreshCharts();
 refreshHandover();
 setInterval(tickCountdowns, 1000);
 setInterval(refreshStatus, 5000);
 setInterval(refreshFeed, 3000);
 setInterval(refreshBoard, 15000);
 setInterval(refreshChart, 60000);
+setInterval(refreshCharts, 60000);
 setInterval(refreshHandover, 30000);
