@@ -200,6 +200,7 @@ class GatewayService:
                     site_name=cfg.site.name,
                     zone=cfg.site.timezone,
                     access_points=list(cfg.devices.access_points),
+                    shelve_max_s=float(self.alarms.plan.plan.shelve_max_h) * 3600,
                 ),
             ],
         )

@@ -51,7 +51,10 @@ def test_masking_keeps_enough_to_tell_apart_and_no_more() -> None:
 
 
 def test_logins_are_rate_limited_per_user_and_sessions_end_at_logout() -> None:
-    users = [User(name="guard1", role="guard", token_sha256=hash_token("right-token"))]
+    users = [
+        User(name="guard1", role="guard", token_sha256=hash_token("right-token")),
+        User(name="central", role="central", token_sha256=hash_token("central-token")),
+    ]
     store = SessionStore(TokenRegistry(users))
     with pytest.raises(LoginRefused):
         store.login("guard1", "right-token-but-other-user", "10.0.0.1")
@@ -63,6 +66,10 @@ def test_logins_are_rate_limited_per_user_and_sessions_end_at_logout() -> None:
     with pytest.raises(LoginRefused) as blocked:
         store.login("guard1", "right-token", "10.0.0.3")  # even the right token, for a while
     assert blocked.value.retry_after_s is not None
+    with pytest.raises(LoginRefused):
+        store.login("张三", "right-token", "10.0.0.4")  # a Chinese name: refused, not a crash
+    with pytest.raises(LoginRefused, match="central system"):
+        store.login("central", "central-token", "10.0.0.5")  # a system account has no screen
     other = SessionStore(TokenRegistry(users))
     session = other.login("guard1", "right-token", "10.0.0.1")
     assert other.get(session.id) == session and session.principal.role == "guard"

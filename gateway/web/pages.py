@@ -68,6 +68,7 @@ def create_page_router(
     site_name: str,
     zone: str,
     access_points: list[AccessPoint],
+    shelve_max_s: float,
 ) -> APIRouter:
     """Routes for the pages (no /api prefix)."""
     router = APIRouter(include_in_schema=False)
@@ -122,9 +123,10 @@ def create_page_router(
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
+        # Logging out needs no CSRF check: the cookie is SameSite=Strict, and the
+        # worst a forged logout does is make a guard sign in again.
         session = session_of(request)
-        form = await _form(request)
-        if session is not None and form.get("csrf") == session.csrf:
+        if session is not None:
             sessions.logout(session.id)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE)
@@ -148,7 +150,8 @@ def create_page_router(
             user=session.principal,
             csrf=session.csrf,
             boot=json.dumps(
-                _boot(session, lang_of(request), zone, access_points), ensure_ascii=False
+                _boot(session, lang_of(request), zone, access_points, shelve_max_s),
+                ensure_ascii=False,
             ),
         )
 
@@ -157,17 +160,23 @@ def create_page_router(
         session = session_of(request)
         if session is None:
             return RedirectResponse("/login", status_code=303)
+        if not session.principal.may("handover.read"):
+            raise HTTPException(403, f"role {session.principal.role!r} may not handover.read")
         try:
             record = await journal.query(lambda conn: read_handover(conn, handover_id))
         except KeyError:
             raise HTTPException(404, f"no handover {handover_id}") from None
-        return render("handover.html", request, record=record, user=session.principal)
+        return render("handover.html", request, record=record, user=session.principal, zone=zone)
 
     return router
 
 
 def _boot(
-    session: Session, lang: str, zone: str, access_points: list[AccessPoint]
+    session: Session,
+    lang: str,
+    zone: str,
+    access_points: list[AccessPoint],
+    shelve_max_s: float,
 ) -> Mapping[str, Any]:
     """What the page script needs to start (no secrets but the page's CSRF token)."""
     who: Principal = session.principal
@@ -184,6 +193,7 @@ def _boot(
         "csrf": session.csrf,
         "lang": lang,
         "zone": zone,
+        "shelve_max_s": shelve_max_s,
         "strings": strings(lang),
         "access_points": [
             {"id": a.id, "kind": a.kind, "name": a.name or a.id}

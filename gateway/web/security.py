@@ -75,7 +75,7 @@ def _from_session(request: Request) -> Principal | None:
         return None
     if request.method not in _SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
-        if not secrets.compare_digest(sent, session.csrf):
+        if not secrets.compare_digest(sent.encode("utf-8"), session.csrf.encode("utf-8")):
             log.warning("csrf refused path=%s user=%s", request.url.path, session.principal.name)
             raise HTTPException(status.HTTP_403_FORBIDDEN, "CSRF token missing or wrong")
     return session.principal

@@ -24,7 +24,8 @@ from gateway.auth import Principal, TokenRegistry
 COOKIE = "gw_session"
 CSRF_HEADER = "X-CSRF-Token"
 LIFETIME_S = 12 * 3600
-MAX_FAILURES = 5
+MAX_FAILURES = 5  # per user name
+MAX_FAILURES_PER_ADDRESS = 20  # a shared wall screen: one guard's typos must not lock out all
 FAILURE_WINDOW_S = 300.0
 
 
@@ -56,18 +57,25 @@ class SessionStore:
     def login(self, name: str, token: str, client: str) -> Session:
         now = time.monotonic()
         keys = (f"user:{name}", f"addr:{client}")
-        for key in keys:
+        for key, limit in zip(keys, (MAX_FAILURES, MAX_FAILURES_PER_ADDRESS), strict=True):
             recent = self._recent(key, now)
-            if len(recent) >= MAX_FAILURES:
+            if len(recent) >= limit:
                 wait = int(FAILURE_WINDOW_S - (now - recent[0])) + 1
                 raise LoginRefused(
                     "登录失败次数过多,请稍后再试 too many failed logins", retry_after_s=wait
                 )
         principal = self._tokens.authenticate(token)
-        if principal is None or not hmac.compare_digest(principal.name, name):
+        if principal is None or not hmac.compare_digest(
+            principal.name.encode("utf-8"),
+            name.encode("utf-8"),  # names may be Chinese
+        ):
             for key in keys:
                 self._recent(key, now).append(now)
             raise LoginRefused("用户名或口令错误 wrong name or token")
+        if principal.role == "central":
+            raise LoginRefused(
+                "该账号供中心系统使用,不能登录岗亭页面 this account is for the central system"
+            )
         for key in keys:
             self._failures.pop(key, None)
         session = Session(

@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 const SHOWN = ["unacknowledged", "rtn_unacknowledged", "acknowledged"];
 const HIDDEN = ["shelved", "suppressed", "out_of_service"];
 const ORDER = { P1: 0, P2: 1, P3: 2, P4: 3 };
+const SHELVE_CHOICES = [["1800", t("minutes_30")], ["7200", t("hours_2")], ["28800", t("hours_8")], ["86400", t("hours_24")]];
 const alarms = new Map();
 let flood = false;
 let tickets = {};
@@ -60,6 +61,18 @@ async function api(method, path, body) {
   return { ok: response.ok, status: response.status, data };
 }
 
+// A status line, not window.alert: an alert would freeze the board, its countdowns
+// and the alarm sound until someone pressed OK.
+let noticeTimer = null;
+function notify(text) {
+  const box = $("notice");
+  box.textContent = text;
+  box.className = text.startsWith(t("failed")) ? "banner notice bad" : "banner notice";
+  box.hidden = false;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => { box.hidden = true; }, 10000);
+}
+
 function detail(result) {
   const d = result.data && result.data.detail;
   return typeof d === "string" ? d : JSON.stringify(d || result.status);
@@ -82,7 +95,7 @@ function ask(title, fields) {
     } else if (f.multiline) {
       input = el("textarea", { id, rows: 4 });
     } else {
-      input = el("input", { id, required: f.required });
+      input = el("input", { id, required: f.required, minlength: f.required ? 2 : null });
     }
     inputs[f.name] = input;
     body.append(input);
@@ -99,8 +112,9 @@ function ask(title, fields) {
       e.preventDefault();
       const values = {};
       for (const [name, input] of Object.entries(inputs)) values[name] = input.value.trim();
-      if (fields.some((f) => f.required && !values[f.name])) {
-        inputs[fields.find((f) => f.required && !values[f.name]).name].focus();
+      const short = fields.find((f) => f.required && values[f.name].length < 2);
+      if (short) {
+        inputs[short.name].focus();
         return;
       }
       finish(values);
@@ -124,7 +138,7 @@ function sortAlarms(list) {
 async function act(alarm, path, body) {
   const result = await api("POST", `/api/v1/alarms/${encodeURIComponent(alarm.alarm_id).replace(/%2F/g, "/")}/${path}`, body || {});
   if (!result.ok) {
-    window.alert(`${t("failed")}: ${detail(result)}`);
+    notify(`${t("failed")}: ${detail(result)}`);
     return;
   }
   alarms.set(result.data.alarm_id, result.data);
@@ -180,7 +194,7 @@ function alarmCard(a, extra) {
       onclick: async () => {
         const v = await ask(`${t("shelve")}: ${alarmName(a)}`, [
           { name: "reason", label: t("reason"), required: true },
-          { name: "duration_s", label: t("duration"), options: [["1800", t("minutes_30")], ["7200", t("hours_2")], ["28800", t("hours_8")], ["86400", t("hours_24")]] },
+          { name: "duration_s", label: t("duration"), options: SHELVE_CHOICES.filter(([v]) => Number(v) <= boot.shelve_max_s) },
         ]);
         if (v) act(a, "shelve", { reason: v.reason, duration_s: Number(v.duration_s) });
       },
@@ -230,8 +244,9 @@ function render() {
     }
     for (const members of groups.values()) {
       const first = members.find((m) => m.first_out) || members[0];
+      const badge = members.length > 1 && first.first_out ? el("span", { class: "badge" }, t("first_out")) : null;
       cards.push(el("div", { class: "group" },
-        alarmCard(first, el("span", { class: "badge" }, t("first_out"))),
+        alarmCard(first, badge),
         members.length > 1 ? el("p", { class: "meta" }, `+ ${members.length - 1} ${t("grouped")}`) : null));
     }
     list.replaceChildren(...cards);
@@ -326,11 +341,12 @@ const sound = {
     if (!this.context) {
       try { this.context = new AudioContext(); } catch (error) { return; }
     }
-    if (this.context.state === "suspended") { this.context.resume(); return; }
+    if (this.context.state === "suspended") { this.context.resume().then(render); return; }
     for (const key of this.pending) this.silenced.add(key);
     render();
   },
 };
+try { sound.context = new AudioContext(); } catch (error) { sound.context = null; }
 $("sound").addEventListener("click", () => sound.click());
 
 // ---- site status, gates, chart, handover ------------------------------------------
@@ -399,7 +415,7 @@ function commandButtons() {
         if (!v) return;
         const action = barrier ? "raise_barrier" : "open_door";
         const result = await api("POST", `/api/v1/access/${encodeURIComponent(p.id)}/commands`, { action, reason: v.reason });
-        window.alert(result.ok ? `${t("command_sent")}: ${p.name}` : `${t("failed")}: ${detail(result)}`);
+        notify(result.ok ? `${t("command_sent")}: ${p.name}` : `${t("failed")}: ${detail(result)}`);
       },
     }, label);
   }));
@@ -468,7 +484,7 @@ async function refreshHandover() {
       ]);
       if (!v) return;
       const made = await api("POST", "/api/v1/handovers", v);
-      if (!made.ok) { window.alert(`${t("failed")}: ${detail(made)}`); return; }
+      if (!made.ok) { notify(`${t("failed")}: ${detail(made)}`); return; }
       refreshHandover();
     },
   }, t("handover_create"));
@@ -479,7 +495,7 @@ async function refreshHandover() {
       type: "button",
       onclick: async () => {
         const signed = await api("POST", `/api/v1/handovers/${encodeURIComponent(h.id)}/sign`);
-        if (!signed.ok) window.alert(`${t("failed")}: ${detail(signed)}`);
+        if (!signed.ok) notify(`${t("failed")}: ${detail(signed)}`);
         refreshHandover();
       },
     }, t("handover_sign")) : null));
