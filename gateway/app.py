@@ -22,6 +22,7 @@ import uvicorn
 from gateway import __version__
 from gateway.adapters.modbus.adapter import ModbusSide
 from gateway.adapters.mqtt.side import AccessSide
+from gateway.adapters.serial.wand import WandSide
 from gateway.alarms.plan import load_plan
 from gateway.alarms.rules import Directory
 from gateway.alarms.service import AlarmService
@@ -33,6 +34,7 @@ from gateway.events import Event
 from gateway.health import DeviceHealth
 from gateway.journal.store import Journal
 from gateway.metrics import GatewayMetrics
+from gateway.patrol.tracker import PatrolTracker
 from gateway.supervisor import PartFactory, PartHealth, Supervisor
 from gateway.sync.side import SyncSide
 from gateway.web.access import create_access_router
@@ -41,6 +43,7 @@ from gateway.web.api import ApiContext, create_api
 from gateway.web.handover import Handovers, create_handover_router
 from gateway.web.meters import create_meter_router
 from gateway.web.pages import create_page_router
+from gateway.web.patrol import create_patrol_router
 from gateway.web.screen import SiteStatus, create_screen_router
 from gateway.web.sessions import SessionStore
 from gateway.web.sync import create_sync_router
@@ -101,6 +104,8 @@ class GatewayService:
         self.sync: SyncSide | None = None
         self.access: AccessSide | None = None
         self.alarms: AlarmService | None = None
+        self.patrol: PatrolTracker | None = None
+        self.wands: WandSide | None = None
         self.supervisor = Supervisor()
         self.journal: Journal | None = None
         self._extra_parts = extra_parts
@@ -116,7 +121,8 @@ class GatewayService:
     def devices(self) -> list[DeviceHealth]:
         """Every device the gateway watches: polled meters and modules, access points."""
         polled = self.modbus.devices() if self.modbus else []
-        return polled + (self.access.devices() if self.access else [])
+        wands = self.wands.devices() if self.wands else []
+        return polled + (self.access.devices() if self.access else []) + wands
 
     async def run(self) -> RunSummary:
         """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
@@ -147,6 +153,14 @@ class GatewayService:
             self.sync = SyncSide(cfg.sync, cfg.site.id, journal, self.clock, self.devices)
             for name, factory in self.sync.parts():
                 self.supervisor.add(name, factory)
+        if cfg.devices.patrol_wands:
+            self.wands = WandSide.build(cfg, journal, self.clock)
+            for name, factory in self.wands.parts():
+                self.supervisor.add(name, factory)
+        if cfg.patrol.checkpoints:
+            self.patrol = PatrolTracker(cfg.patrol, cfg.site.zone, journal, self.clock)
+            for name, factory in self.patrol.parts():
+                self.supervisor.add(name, factory)
         self.alarms = AlarmService(
             load_plan(cfg.site.contingency_plan),
             Directory.from_config(cfg),
@@ -169,6 +183,7 @@ class GatewayService:
             _device_kinds(cfg),
             zone=cfg.site.zone,
             mains=_building_mains(cfg),
+            patrol=self.patrol,
         )
         api = create_api(
             ApiContext(
@@ -193,6 +208,7 @@ class GatewayService:
                 ),
                 create_alarm_router(self.alarms, cfg.site.zone),
                 create_screen_router(site),
+                create_patrol_router(cfg.patrol, self.patrol, journal, self.clock),
                 create_handover_router(Handovers(journal, site, self.alarms)),
                 create_page_router(
                     sessions,
@@ -201,6 +217,7 @@ class GatewayService:
                     zone=cfg.site.timezone,
                     access_points=list(cfg.devices.access_points),
                     shelve_max_s=float(self.alarms.plan.plan.shelve_max_h) * 3600,
+                    patrol=cfg.patrol,
                 ),
             ],
         )

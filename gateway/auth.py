@@ -17,7 +17,8 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.config import Role, User
+from gateway.config import User
+from gateway.config_base import Role
 
 PERMISSIONS: dict[str, frozenset[Role]] = {
     "events.read": frozenset({"guard", "supervisor", "admin", "central"}),
@@ -39,6 +40,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "alarms.service": frozenset({"supervisor", "admin"}),
     "outages.plan": frozenset({"supervisor", "admin"}),
     "handover.read": frozenset({"guard", "supervisor", "admin"}),
+    "patrol.scan": frozenset({"guard", "supervisor", "admin"}),
+    "patrol.manage": frozenset({"supervisor", "admin"}),
     "handover.write": frozenset({"guard", "supervisor", "admin"}),
 }
 """Permission name → roles holding it. Endpoints ask for a permission, never a role."""

@@ -69,3 +69,7 @@ class ShiftedClock(Clock):
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self._speed)
+
+    def jump(self, by: timedelta) -> None:
+        """Move the clock (forward, or back: a clock step) at once, for tests."""
+        self._start += by

@@ -13,16 +13,12 @@ The key reference is docs/config.md; a test keeps the two in step.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -36,91 +32,23 @@ from pydantic import (
 
 from gateway.adapters.mqtt.profile import load_mqtt_profiles
 from gateway.alarms.plan import load_plan
+from gateway.config_base import (
+    Ident,
+    MeterPoll,
+    Role,
+    Seconds,
+    TcpPort,
+    TokenHash,
+    UnitId,
+    _HasSecrets,
+    _resolve_path,
+    _Section,
+)
 from gateway.errors import ConfigError
+from gateway.patrol.model import PatrolSettings, patrol_checks
 from gateway.profiles import load_profiles
-from gateway.secrets import SECRET_KEYS, resolve_secret
+from gateway.secrets import SECRET_KEYS
 from gateway.validation import describe_error, format_loc, parse_toml
-
-Role = Literal["guard", "supervisor", "admin", "central"]
-_IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def _identifier(value: str) -> str:
-    if not _IDENT.match(value):
-        raise ValueError("is not a valid id (letters, digits, '_', '.', '-'; at most 64)")
-    return value
-
-
-def _unit_id(value: int) -> int:
-    if not 1 <= value <= 247:
-        raise ValueError("is not a Modbus unit id (1–247)")
-    return value
-
-
-def _tcp_port(value: int) -> int:
-    if not 0 <= value <= 65535:
-        raise ValueError("is not a TCP port (0–65535)")
-    return value
-
-
-def _positive(value: float) -> float:
-    if value <= 0:
-        raise ValueError("must be greater than 0")
-    return value
-
-
-def _meter_poll(value: float) -> float:
-    if value < 1.0:
-        # a reading's id carries its time to the second (the central API's form)
-        raise ValueError("is too short: a meter is read at most once a second (poll_s >= 1)")
-    return value
-
-
-def _sha256_hex(value: str) -> str:
-    if not re.fullmatch(r"[0-9a-f]{64}", value):
-        raise ValueError(
-            "is not a SHA-256 hex digest (64 lower-case hex digits; "
-            "make one with `gateway hash-token`)"
-        )
-    return value
-
-
-Ident = Annotated[str, AfterValidator(_identifier)]
-# Strict numbers and booleans: TOML has types, so "1883" or true where a number
-# belongs is a mistake to report, not to coerce.
-UnitId = Annotated[StrictInt, AfterValidator(_unit_id)]
-TcpPort = Annotated[StrictInt, AfterValidator(_tcp_port)]
-Seconds = Annotated[StrictFloat, AfterValidator(_positive)]
-TokenHash = Annotated[str, AfterValidator(_sha256_hex)]
-MeterPoll = Annotated[StrictFloat, AfterValidator(_meter_poll)]
-
-
-class _Section(BaseModel):
-    """Strict base: unknown keys are errors, values are immutable after load."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _base_dir(info: ValidationInfo) -> Path:
-    context = info.context or {}
-    base = context.get("base_dir", Path.cwd())
-    assert isinstance(base, Path)
-    return base
-
-
-class _HasSecrets(_Section):
-    """Sections with secret fields resolve ``env:``/``file:`` references on load."""
-
-    @field_validator("password", "token", "signing_secret", mode="before", check_fields=False)
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, str):
-            return resolve_secret(value, _base_dir(info))
-        return value
-
-
-def _resolve_path(value: Path, info: ValidationInfo) -> Path:
-    return value if value.is_absolute() else _base_dir(info) / value
 
 
 class SiteInfo(_Section):
@@ -367,6 +295,7 @@ class SiteConfig(_Section):
     devices: Devices = Devices()
     parking: Parking = Parking()
     sync: SyncSettings | None = None
+    patrol: PatrolSettings = PatrolSettings()
     users: list[User] = []
     _source: Path = PrivateAttr(default=Path("<memory>"))
 
@@ -483,6 +412,7 @@ def _cross_checks(config: SiteConfig, source: str) -> list[str]:
         except ConfigError as exc:
             problems += exc.problems
     problems += _parking_checks(config, source)
+    problems += patrol_checks(config.patrol, {a.id for a in config.devices.access_points}, source)
     if config.mqtt is not None and config.mqtt.ca_file is not None:
         if not config.mqtt.ca_file.is_file():
             problems.append(f'{source}: mqtt.ca_file: "{config.mqtt.ca_file}" does not exist')

@@ -11,6 +11,7 @@ pytest.register_assert_rewrite("tests.harness")
 
 pytest_plugins = [
     "tests.harness.broker",
+    "tests.harness.browser",
     "tests.harness.modbus",
     "tests.harness.serial_line",
 ]

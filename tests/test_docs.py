@@ -22,7 +22,8 @@ from pydantic.fields import FieldInfo
 
 from gateway.auth import PERMISSIONS
 from gateway.cli import build_parser
-from gateway.config import Role, SiteConfig
+from gateway.config import SiteConfig
+from gateway.config_base import Role
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DOC = ROOT / "docs" / "config.md"
@@ -126,6 +127,12 @@ def test_the_model_walk_finds_every_table() -> None:
         "[[devices.access_points]]",
         "[[devices.patrol_wands]]",
         "[[parking.lots]]",
+        "[patrol]",
+        "[[patrol.checkpoints]]",
+        "[[patrol.routes]]",
+        "[[patrol.routes.stops]]",
+        "[[patrol.schedules]]",
+        "[[patrol.guards]]",
         "[sync]",
         "[sync.mqtt]",
         "[[users]]",

@@ -42,6 +42,10 @@ TYPES = {
     "planned_outage": "P4",
     "duress_card": "P1",
     "sync_fault": "P3",
+    "patrol_early": "P3",
+    "patrol_round_failed": "P2",
+    "patrol_suspicious": "P3",
+    "guard_panic": "P1",
 }
 WITH_INCIDENT = {
     "fire_alarm",
@@ -86,7 +90,7 @@ def test_every_type_is_there_with_names_and_steps(shipped: Plan) -> None:
 
 def test_every_p1_escalates_to_the_shift_leader_within_60_s(shipped: Plan) -> None:
     p1 = [name for name, kind in shipped.types.items() if kind.priority == "P1"]
-    assert len(p1) == 7
+    assert len(p1) == 8
     for name in p1:
         kind = shipped.types[name]
         assert kind.ack_within_s is not None and kind.ack_within_s <= 60, name
@@ -119,11 +123,11 @@ def test_only_the_confirmed_fire_runs_the_linkage(shipped: Plan) -> None:
     assert set(confirmed.signals) == set(fire_rules) - {"fire-confirmed"}
 
 
-def test_rules_are_generic_and_patrol_types_have_none(shipped: Plan) -> None:
+def test_rules_are_generic_and_every_type_has_a_rule(shipped: Plan) -> None:
     for rule in shipped.rules:
         assert "id" not in rule.devices, f"{rule.id} names one device"
     raised = {rule.type for rule in shipped.rules}
-    assert raised == set(TYPES) - {"patrol_missed", "patrol_late", "patrol_out_of_order"}
+    assert raised == set(TYPES)
     assert shipped.rule("device-offline").suppressed_by == ["building-power"]
     sync = shipped.rule("sync-auth-failed")
     assert isinstance(sync, MatchRule) and sync.instance == []  # one alarm for the site

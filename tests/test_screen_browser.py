@@ -10,24 +10,18 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from gateway.sim.gates import SimGate
 from tests.harness.broker import Broker, MqttTestClient, simulated_devices
+from tests.harness.browser import SHOTS, needs_chromium
 from tests.harness.site import GatewayProcess, Site, write_site
 
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
 PROFILES = Path(__file__).resolve().parents[1] / "config" / "profiles"
 GATE = "N-GATE-1"
 ALARM = f"door-held-open:{GATE}"
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium (make test installs it as root)"
-)
+pytestmark = needs_chromium
 
 # Luminance contrast of an element's text against the first opaque background up its tree.
 CONTRAST_JS = """(el) => {
@@ -70,27 +64,6 @@ def screen_site(directory: Path, broker: Broker) -> Site:
     site = write_site(directory, extra=text)
     shutil.copy(PROFILES / "generic-json-gate.toml", directory / "profiles")
     return site
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def login(browser: object, site: Site, role: str, width: int, height: int):  # type: ignore[no-untyped-def]

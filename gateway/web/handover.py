@@ -142,7 +142,7 @@ class Handovers:
             "unresolved_alarms": [_alarm_line(v) for v in unresolved],
             "hidden_alarms": [_alarm_line(v) for v in hidden],
             "incidents": incidents,
-            "patrol": None,  # the guard tour (issue 7) has not landed
+            "patrol": self.site.patrol.status() if self.site.patrol is not None else None,
             "notes": notes,
             "staffing": staffing,
         }

@@ -1,10 +1,18 @@
-"""The guard-room pages: login, the monitoring screen, printable handover records.
+"""The guard-room pages: login, the monitoring screen, printable handover records,
+and the guard's patrol page on the phone (巡更打卡).
 
 Server-rendered HTML (Jinja2, autoescaped) plus one small script that keeps
 the screen live from the alarm stream (SSE) and the JSON API. No front-end
 build: the script and the style sheet are plain files served from here.
 Pages carry a strict Content-Security-Policy (scripts and styles only from
 this gateway), so a value shown on the screen can never run as code.
+
+The patrol page is offline-first: a manifest makes it installable and a
+service worker (served from the root, registered for ``/p``: the page and the
+QR URLs ``/p/…``, not the wall screen) keeps the page shell, while the page
+queues scans on the phone until they are sent.
+A checkpoint's QR tag opens ``/p/{checkpoint}?s={sig}``: that page records the
+scan and the API checks the signature (a forgery is refused and recorded there).
 """
 
 from __future__ import annotations
@@ -12,16 +20,17 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs
+from typing import Annotated, Any
+from urllib.parse import parse_qs, quote
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from gateway.auth import Principal
 from gateway.config import AccessPoint
 from gateway.journal.store import Journal
+from gateway.patrol.model import PatrolSettings
 from gateway.web.handover import read_handover
 from gateway.web.i18n import DEFAULT_LANG, LANGS, strings
 from gateway.web.sessions import COOKIE, LIFETIME_S, LoginRefused, Session, SessionStore
@@ -32,8 +41,13 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
-_STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+_STATIC_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 _MAX_FORM = 4096
+_MAX_QR_PART = 64  # the API's limit for a checkpoint id and a signature
 
 
 def _static_files() -> dict[str, tuple[bytes, str]]:
@@ -53,6 +67,25 @@ def _headers() -> dict[str, str]:
     }
 
 
+NextParam = Annotated[str | None, Query(alias="next")]
+"""Where to go after the login form (``/login?next=/patrol``)."""
+
+
+def _safe_next(value: str | None) -> str | None:
+    """A local path to return to after login, or None (never another site)."""
+    if not value or len(value) > 512 or not value.startswith("/") or value.startswith("//"):
+        return None
+    # browsers read a backslash as "/" and drop tabs: "/\evil" and "/<TAB>/evil" are "//evil"
+    if "\\" in value or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+        return None
+    return value
+
+
+def _login_url(request: Request) -> str:
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return "/login?next=" + quote(here, safe="")
+
+
 async def _form(request: Request) -> dict[str, str]:
     body = await request.body()
     if len(body) > _MAX_FORM:
@@ -69,6 +102,7 @@ def create_page_router(
     zone: str,
     access_points: list[AccessPoint],
     shelve_max_s: float,
+    patrol: PatrolSettings | None = None,
 ) -> APIRouter:
     """Routes for the pages (no /api prefix)."""
     router = APIRouter(include_in_schema=False)
@@ -77,6 +111,9 @@ def create_page_router(
         autoescape=select_autoescape(["html"]),
     )
     static = _static_files()
+    manifest = (HERE / "static" / "patrol.webmanifest").read_bytes()
+    service_worker = (HERE / "static" / "sw.js").read_bytes()
+    patrol_settings = patrol or PatrolSettings()
 
     def lang_of(request: Request) -> str:
         lang = request.cookies.get(LANG_COOKIE, DEFAULT_LANG)
@@ -100,8 +137,8 @@ def create_page_router(
         return Response(found[0], media_type=found[1], headers={"Cache-Control": "no-cache"})
 
     @router.get("/login")
-    async def login_page(request: Request) -> HTMLResponse:
-        return render("login.html", request, error=None)
+    async def login_page(request: Request, next_: NextParam = None) -> HTMLResponse:
+        return render("login.html", request, error=None, next=_safe_next(next_))
 
     @router.post("/login")
     async def login(request: Request) -> Response:
@@ -110,12 +147,18 @@ def create_page_router(
         try:
             session = sessions.login(form.get("name", ""), form.get("token", ""), client)
         except LoginRefused as exc:
-            response = render("login.html", request, status=401, error=str(exc))
+            response = render(
+                "login.html",
+                request,
+                status=401,
+                error=str(exc),
+                next=_safe_next(form.get("next")),
+            )
             if exc.retry_after_s is not None:
                 response.status_code = 429
                 response.headers["Retry-After"] = str(exc.retry_after_s)
             return response
-        done = RedirectResponse("/", status_code=303)
+        done = RedirectResponse(_safe_next(form.get("next")) or "/", status_code=303)
         done.set_cookie(
             COOKIE, session.id, max_age=int(LIFETIME_S), httponly=True, samesite="strict"
         )
@@ -133,8 +176,8 @@ def create_page_router(
         return response
 
     @router.get("/lang/{lang}")
-    async def set_language(lang: str) -> Response:
-        response = RedirectResponse("/", status_code=303)
+    async def set_language(lang: str, next_: NextParam = None) -> Response:
+        response = RedirectResponse(_safe_next(next_) or "/", status_code=303)
         if lang in LANGS:
             response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="strict")
         return response
@@ -168,6 +211,52 @@ def create_page_router(
             raise HTTPException(404, f"no handover {handover_id}") from None
         return render("handover.html", request, record=record, user=session.principal, zone=zone)
 
+    def patrol_page(request: Request, scan: dict[str, str] | None) -> Response:
+        session = session_of(request)
+        if session is None:
+            return RedirectResponse(_login_url(request), status_code=303)
+        if not session.principal.may("patrol.scan"):
+            raise HTTPException(403, f"role {session.principal.role!r} may not patrol.scan")
+        lang = lang_of(request)
+        return render(
+            "patrol.html",
+            request,
+            user=session.principal,
+            csrf=session.csrf,
+            boot=json.dumps(
+                _patrol_boot(session, lang, zone, patrol_settings, scan), ensure_ascii=False
+            ),
+        )
+
+    @router.get("/patrol")
+    async def patrol_home(request: Request) -> Response:
+        return patrol_page(request, None)
+
+    @router.get("/p/{checkpoint}")
+    async def patrol_qr(checkpoint: str, request: Request, s: str = "") -> Response:
+        # The signature is checked by the scan API, which records a forgery; the page
+        # only passes both through (as JSON in an escaped attribute, never as markup).
+        return patrol_page(
+            request, {"checkpoint": checkpoint[:_MAX_QR_PART], "sig": s[:_MAX_QR_PART]}
+        )
+
+    @router.get("/patrol.webmanifest")
+    async def patrol_manifest() -> Response:
+        return Response(
+            manifest,
+            media_type="application/manifest+json",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    @router.get("/sw.js")
+    async def patrol_service_worker() -> Response:
+        # Served from the root so that its scope covers /patrol and the QR URLs /p/….
+        return Response(
+            service_worker,
+            media_type="text/javascript; charset=utf-8",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
     return router
 
 
@@ -200,4 +289,28 @@ def _boot(
             for a in access_points
             if a.kind != "detector"
         ],
+    }
+
+
+def _patrol_boot(
+    session: Session,
+    lang: str,
+    zone: str,
+    patrol: PatrolSettings,
+    scan: dict[str, str] | None,
+) -> Mapping[str, Any]:
+    """What the patrol page needs: checkpoint names (never their typed codes: a code
+    in the page would let a guard check in from anywhere), the QR scan to record."""
+    who: Principal = session.principal
+    return {
+        "user": who.name,
+        "display_name": who.display_name or who.name,
+        "csrf": session.csrf,
+        "lang": lang,
+        "zone": zone,
+        "strings": strings(lang),
+        "checkpoints": {
+            c.id: (c.name_en if lang == "en" and c.name_en else c.name) for c in patrol.checkpoints
+        },
+        "scan": scan,
     }

@@ -29,6 +29,7 @@ from gateway.health import DeviceHealth
 from gateway.journal.store import Journal
 from gateway.meters.usage import hourly_use
 from gateway.parking import cars_by_hour, occupancy
+from gateway.patrol.tracker import PatrolTracker
 from gateway.sync.central_state import outage_notices
 from gateway.sync.side import SyncSide
 from gateway.web.security import require
@@ -100,7 +101,9 @@ class SiteStatus:
         *,
         zone: ZoneInfo,
         mains: dict[str, list[str]],
+        patrol: PatrolTracker | None = None,
     ) -> None:
+        self.patrol = patrol
         self.zone = zone
         self.mains = mains  # building → its main electricity meters (consumption chart)
         self.journal = journal
@@ -144,7 +147,7 @@ class SiteStatus:
                 **meters,
             },
             "sync": None if sync_status is None else _sync_summary(sync_status),
-            "patrol": None,  # the guard tour (issue 7) has not landed
+            "patrol": self.patrol.status() if self.patrol is not None else None,
         }
 
     async def charts(self, building: str | None) -> dict[str, Any]:

@@ -386,7 +386,21 @@ async function refreshStatus() {
   } else {
     $("sync").replaceChildren(el("p", { class: "quiet" }, t("none")));
   }
-  $("patrol").replaceChildren(el("p", { class: "quiet" }, s.patrol ? "" : t("patrol_not_ready")));
+  if (!s.patrol) {
+    $("patrol").replaceChildren(el("p", { class: "quiet" }, t("patrol_not_ready")));
+  } else {
+    const rows = s.patrol.in_progress.map((r) => el("tr", {},
+      el("th", { scope: "row" }, `${t("patrol_in_progress")}: ${r.route_name}`),
+      el("td", {}, `${r.done.length} / ${r.total}`),
+      el("td", { class: r.overdue.length ? "bad" : null }, r.overdue.length ? `${t("patrol_overdue")}: ${r.overdue.join(", ")}` : "")));
+    for (const r of s.patrol.recent.slice(-4).reverse()) {
+      rows.push(el("tr", {},
+        el("th", { scope: "row" }, `${fmtTime(r.start)} ${r.route_name}`),
+        el("td", { class: r.completion_pct < 100 ? "bad" : null }, r.started ? `${r.completion_pct}%` : t("patrol_not_started")),
+        el("td", { class: r.missed.length ? "bad" : null }, r.missed.length ? `${t("patrol_missed_points")}: ${r.missed.join(", ")}` : "")));
+    }
+    $("patrol").replaceChildren(rows.length ? el("table", {}, rows) : el("p", { class: "quiet" }, t("none")));
+  }
 }
 
 const BAD_EVENTS = ["access.denied", "access.tailgating", "access.duress", "door.forced", "door.held_open", "barrier.fault"];

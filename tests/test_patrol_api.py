@@ -1,0 +1,97 @@
+"""The patrol API in the running service: signed QR scans, forged ones refused
+and recorded, typed codes, unknown tags flagged, a resent scan stored once,
+the panic button raising a P1 with the guard's last checkpoint."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.web.patrol import qr_signature
+from tests.harness.patrol import SECRET, events, patrol_site
+from tests.harness.site import GatewayProcess, Site
+
+
+def post(site: Site, path: str, body: dict[str, Any], role: str = "guard") -> httpx.Response:
+    return httpx.post(f"{site.url}/api/v1/patrol/{path}", json=body, headers=site.headers(role))
+
+
+def scan_body(method: str, **fields: Any) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "scan_id": uuid.uuid4().hex,
+        "method": method,
+        "scanned_at": (now - timedelta(minutes=3)).isoformat(),
+        "sent_at": now.isoformat(),
+        **fields,
+    }
+
+
+def test_patrol_scans_and_the_panic_button(tmp_path: Path) -> None:
+    site = patrol_site(tmp_path / "site")
+    gateway = GatewayProcess(site)
+    try:
+        gateway.wait_ready()
+        good = scan_body("qr", checkpoint="CP-1", sig=qr_signature(SECRET, "CP-1"))
+        answer = post(site, "scans", good)
+        assert answer.status_code == 200 and answer.json()["name"] == "1号楼大堂"
+        assert post(site, "scans", good).status_code == 200  # the offline queue resent it
+        forged = scan_body("qr", checkpoint="CP-2", sig="0" * 24)
+        assert post(site, "scans", forged).status_code == 403
+        typed = post(site, "scans", scan_body("code", code="a101"))
+        assert typed.json()["checkpoint"] == "CP-1"
+        nfc = post(site, "scans", scan_body("nfc", tag="04a22b1a"))
+        assert nfc.json()["checkpoint"] == "CP-2"
+        unknown = post(site, "scans", scan_body("nfc", tag="DEADBEEF99"))
+        assert unknown.status_code == 200 and unknown.json()["known"] is False
+        assert (
+            post(site, "scans", scan_body("qr", checkpoint="CP-1"), role="central").status_code
+            == 403
+        )
+
+        scans = events(site, "patrol.scan")
+        assert len(scans) == 4  # the resent one stored once
+        first = next(e for e in scans if e["payload"]["scan_id"] == good["scan_id"])
+        assert first["payload"]["guard"] == "guard1"
+        assert abs(first["payload"]["clock_skew_s"]) < 5
+        assert first["device_time"] < first["received_at"]  # the phone's own scan time kept
+        forged_flags = [
+            e for e in events(site, "patrol.flag") if e["payload"]["reason"] == "forged_qr"
+        ]
+        assert len(forged_flags) == 1
+
+        press = {
+            "panic_id": uuid.uuid4().hex,
+            "silent": True,
+            "pressed_at": datetime.now(UTC).isoformat(),
+            "sent_at": datetime.now(UTC).isoformat(),
+        }
+        assert post(site, "panic", press).json()["last_checkpoint"] in ("CP-1", "CP-2")
+
+        def alarms() -> dict[str, dict[str, Any]]:
+            board = httpx.get(f"{site.url}/api/v1/alarms", headers=site.headers("guard")).json()
+            return {a["type"]: a for a in board["alarms"]}
+
+        deadline = time.monotonic() + 15
+        while not {"guard_panic", "patrol_suspicious"} <= set(alarms()):
+            assert time.monotonic() < deadline, sorted(alarms())
+            time.sleep(0.2)
+        panic = alarms()["guard_panic"]
+        assert panic["priority"] == "P1" and "guard1" in panic["location"]
+        status = httpx.get(f"{site.url}/api/v1/patrol/status", headers=site.headers("guard"))
+        assert status.json()["enabled"] is True
+        qr = httpx.get(f"{site.url}/api/v1/patrol/checkpoints", headers=site.headers("supervisor"))
+        assert qr.json()["checkpoints"][0]["qr_path"] == f"/p/CP-1?s={qr_signature(SECRET, 'CP-1')}"
+        assert (
+            httpx.get(
+                f"{site.url}/api/v1/patrol/checkpoints", headers=site.headers("guard")
+            ).status_code
+            == 403
+        )
+    finally:
+        gateway.close()
