@@ -208,7 +208,9 @@ class GatewayService:
                 ),
                 create_alarm_router(self.alarms, cfg.site.zone),
                 create_screen_router(site),
-                create_patrol_router(cfg.patrol, self.patrol, journal, self.clock),
+                create_patrol_router(
+                    cfg.patrol, self.patrol, journal, self.clock, self.alarms.plan.plan.shifts
+                ),
                 create_handover_router(Handovers(journal, site, self.alarms)),
                 create_page_router(
                     sessions,

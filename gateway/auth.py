@@ -42,6 +42,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "handover.read": frozenset({"guard", "supervisor", "admin"}),
     "patrol.scan": frozenset({"guard", "supervisor", "admin"}),
     "patrol.manage": frozenset({"supervisor", "admin"}),
+    "patrol.report": frozenset({"guard", "supervisor", "admin"}),
     "handover.write": frozenset({"guard", "supervisor", "admin"}),
 }
 """Permission name → roles holding it. Endpoints ask for a permission, never a role."""

@@ -19,7 +19,7 @@ from gateway.journal.store import Journal
 from gateway.patrol.flags import flag_scan
 from gateway.patrol.model import PatrolSettings
 from gateway.patrol.rounds import Scan, judge, rounds_between
-from gateway.patrol.tracker import PatrolTracker
+from gateway.patrol.tracker import PatrolTracker, round_report
 from tests.harness.journal import with_journal
 
 ZONE = ZoneInfo("Asia/Shanghai")
@@ -176,3 +176,21 @@ def test_the_tracker_finds_a_missed_checkpoint_and_the_alarm_engine_raises_it(
     assert result["again"] == []  # evaluated again: nothing new
     assert result["alarm"].priority == "P3" and result["alarm"].location == "北围墙"
     assert result["round"] is not None and result["round"].priority == "P2"  # 66.7 % < 70 %
+
+
+def test_the_shift_report_per_round_and_per_guard() -> None:
+    s = settings()
+    walked = [
+        scan("CP-1", local(23, 22, 1)),
+        scan("CP-2", local(23, 22, 27)),
+        scan("CP-3", local(23, 22, 31)),
+        scan("CP-1", local(24, 0, 2), guard="li"),
+    ]
+    report = round_report(s, ZONE, walked, local(23, 20), local(24, 8))
+    rounds = {r["start"][11:16]: r for r in report["rounds"]}
+    assert rounds["22:00"]["completion_pct"] == 100.0 and rounds["22:00"]["late"] == ["CP-2"]
+    assert rounds["00:00"]["missed"] == ["CP-2", "CP-3"] and rounds["00:00"]["guards"] == ["li"]
+    assert rounds["02:00"]["started"] is False
+    assert report["guards"]["zhang"] == {"rounds": 1, "complete": 1, "late": 1, "missed": 0}
+    assert report["guards"]["li"]["missed"] == 2
+    assert report["totals"]["rounds"] == 4 and report["totals"]["not_started"] == 2

@@ -83,6 +83,20 @@ def test_patrol_scans_and_the_panic_button(tmp_path: Path) -> None:
             time.sleep(0.2)
         panic = alarms()["guard_panic"]
         assert panic["priority"] == "P1" and "guard1" in panic["location"]
+        report = httpx.get(
+            f"{site.url}/api/v1/patrol/report",
+            params={"shift": "current", "format": "csv"},
+            headers=site.headers("guard"),
+        )
+        assert report.headers["content-type"].startswith("text/csv")
+        assert report.content.startswith("\ufeff轮次 round".encode())
+        totals = httpx.get(f"{site.url}/api/v1/patrol/report", headers=site.headers("guard"))
+        assert set(totals.json()["totals"]) == {
+            "rounds",
+            "not_started",
+            "complete",
+            "completion_avg_pct",
+        }
         status = httpx.get(f"{site.url}/api/v1/patrol/status", headers=site.headers("guard"))
         assert status.json()["enabled"] is True
         qr = httpx.get(f"{site.url}/api/v1/patrol/checkpoints", headers=site.headers("supervisor"))

@@ -307,3 +307,58 @@ def last_scans(conn: sqlite3.Connection, limit: int = 500) -> list[dict[str, Any
         if isinstance(data, dict):
             out.append(data)
     return out
+
+
+def round_report(
+    settings: PatrolSettings, zone: ZoneInfo, scans: list[Scan], start: datetime, end: datetime
+) -> dict[str, Any]:
+    """Rounds that closed in [start, end) and what each guard did in them."""
+    rounds = []
+    guards: dict[str, dict[str, int]] = {}
+    for rnd in rounds_between(settings, zone, start - timedelta(hours=12), end):
+        if not start <= rnd.closes < end:
+            continue
+        findings = judge(settings, rnd, scans)
+        by_kind: dict[str, list[Finding]] = {}
+        for f in findings:
+            by_kind.setdefault(f.kind, []).append(f)
+        done = next(iter(by_kind.get("patrol.round_finished", [])), None)
+        payload: dict[str, Any] = dict(done.payload) if done else {}
+        names = sorted(str(g) for g in payload.get("guards", []))
+        row: dict[str, Any] = {
+            "round": rnd.id,
+            "route": rnd.route.id,
+            "route_name": rnd.route.name,
+            "start": rnd.start.astimezone(zone).isoformat(timespec="minutes"),
+            "started": done is not None,
+            "completion_pct": float(payload.get("completion_pct", 0.0)),
+            "missed": payload.get("missed", [s.checkpoint for s in rnd.route.stops]),
+            "late": [f.payload["checkpoint"] for f in by_kind.get("patrol.checkpoint_late", [])],
+            "early": [f.payload["checkpoint"] for f in by_kind.get("patrol.checkpoint_early", [])],
+            "out_of_order": "patrol.out_of_order" in by_kind,
+            "guards": names,
+        }
+        rounds.append(row)
+        for name in names or ["—"]:
+            mine = guards.setdefault(name, {"rounds": 0, "complete": 0, "late": 0, "missed": 0})
+            mine["rounds"] += 1
+            mine["complete"] += int(row["completion_pct"] == 100.0)
+            mine["late"] += len(row["late"])
+            mine["missed"] += len(row["missed"])
+    complete = sum(1 for r in rounds if r["completion_pct"] == 100.0)
+    return {
+        "from": to_rfc3339(start),
+        "to": to_rfc3339(end),
+        "rounds": rounds,
+        "guards": guards,
+        "totals": {
+            "rounds": len(rounds),
+            "not_started": sum(1 for r in rounds if not r["started"]),
+            "complete": complete,
+            "completion_avg_pct": round(
+                sum(float(r["completion_pct"]) for r in rounds) / len(rounds), 1
+            )
+            if rounds
+            else None,
+        },
+    }

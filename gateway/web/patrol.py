@@ -10,20 +10,25 @@ kept next to the gateway's: the skew at sending goes with the scan.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
+import io
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
+from fastapi.responses import JSONResponse, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from gateway.alarms.kpis import shift_window
 from gateway.auth import Principal
 from gateway.clock import Clock, to_rfc3339
 from gateway.events import Event
 from gateway.journal.store import Journal
 from gateway.patrol.model import PatrolSettings
-from gateway.patrol.tracker import PatrolTracker, last_scans
+from gateway.patrol.tracker import PatrolTracker, last_scans, round_report
 from gateway.web.security import require
 
 ScanId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
@@ -61,6 +66,7 @@ def create_patrol_router(
     tracker: PatrolTracker | None,
     journal: Journal,
     clock: Clock,
+    shifts: Sequence[str],
 ) -> APIRouter:
     router = APIRouter(prefix="/api/v1/patrol", tags=["patrol"])
     secret = settings.signing_secret.get_secret_value() if settings.signing_secret else ""
@@ -159,6 +165,27 @@ def create_patrol_router(
             return {"enabled": False}
         return {"enabled": True, **tracker.status()}
 
+    @router.get("/report")
+    async def report(
+        _: Principal = Depends(require("patrol.report")),  # noqa: B008
+        shift: Literal["current", "previous"] = "previous",
+        format: Literal["json", "csv"] = "json",
+    ) -> Response:
+        """Rounds of a shift and what each guard did (for the handover); CSV for Excel."""
+        if tracker is None:
+            raise HTTPException(404, "the guard tour is not set up on this gateway")
+        start, end = shift_window(clock.now(), shifts, tracker.zone, shift)
+        data = round_report(settings, tracker.zone, tracker.scans, start, end)
+        if format == "json":
+            return JSONResponse(data)
+        return Response(
+            _csv(data["rounds"]),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="patrol-{start:%Y%m%d-%H%M}.csv"'
+            },
+        )
+
     @router.get("/checkpoints")
     async def checkpoints(
         _: Principal = Depends(require("patrol.manage")),  # noqa: B008
@@ -179,6 +206,31 @@ def create_patrol_router(
         }
 
     return router
+
+
+def _csv(rounds: list[dict[str, Any]]) -> bytes:
+    """One row per round; UTF-8 with BOM so Excel shows the Chinese headers."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        ["轮次 round", "路线 route", "开始 start", "完成率 completion %", "漏巡 missed",
+         "迟到 late", "过早 early", "乱序 out of order", "保安 guards"]
+    )  # fmt: skip
+    for r in rounds:
+        writer.writerow(
+            [
+                r["round"],
+                r["route_name"],
+                r["start"],
+                r["completion_pct"],
+                " ".join(r["missed"]),
+                " ".join(r["late"]),
+                " ".join(r["early"]),
+                "是 yes" if r["out_of_order"] else "",
+                " ".join(r["guards"]),
+            ]
+        )
+    return ("\ufeff" + out.getvalue()).encode("utf-8")
 
 
 async def _record_forgery(journal: Journal, body: ScanIn, who: Principal, clock: Clock) -> None:
