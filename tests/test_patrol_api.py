@@ -109,3 +109,58 @@ def test_patrol_scans_and_the_panic_button(tmp_path: Path) -> None:
         )
     finally:
         gateway.close()
+
+
+# the smallest valid JPEG header is enough for the type check
+JPEG = (
+    "data:image/jpeg;base64,"
+    + __import__("base64").b64encode(b"\xff\xd8\xff\xe0" + b"0" * 64).decode()
+)
+
+
+def test_a_problem_reported_on_the_round_becomes_an_incident_with_its_photo(
+    tmp_path: Path,
+) -> None:
+    site = patrol_site(tmp_path / "site")
+    gateway = GatewayProcess(site)
+    try:
+        gateway.wait_ready()
+        now = datetime.now(UTC).isoformat()
+        body = {
+            "report_id": uuid.uuid4().hex,
+            "category": "repair",
+            "note": "消防通道灯不亮",
+            "checkpoint": "CP-1",
+            "photo": JPEG,
+            "reported_at": now,
+            "sent_at": now,
+        }
+        answer = post(site, "reports", body)
+        assert answer.status_code == 200, answer.text
+        name = answer.json()["photo"]
+        assert name == f"{body['report_id']}.jpg"
+        assert post(site, "reports", body).status_code == 200  # resent: same file, one event
+        assert len(events(site, "patrol.report")) == 1
+        bad = {**body, "report_id": uuid.uuid4().hex, "photo": "data:image/jpeg;base64,QUJD"}
+        assert post(site, "reports", bad).status_code == 422  # "ABC" is no image
+        photo = httpx.get(
+            f"{site.url}/api/v1/patrol/photos/{name}", headers=site.headers("supervisor")
+        )
+        assert photo.status_code == 200 and photo.content.startswith(b"\xff\xd8\xff")
+        assert (
+            httpx.get(
+                f"{site.url}/api/v1/patrol/photos/..%2Fjournal.db", headers=site.headers("guard")
+            ).status_code
+            == 404
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            board = httpx.get(f"{site.url}/api/v1/alarms", headers=site.headers("guard")).json()
+            found = [a for a in board["alarms"] if a["type"] == "patrol_report"]
+            if found:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert "1号楼大堂" in found[0]["location"] and found[0]["incident"] is True
+    finally:
+        gateway.close()

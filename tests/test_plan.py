@@ -46,6 +46,7 @@ TYPES = {
     "patrol_round_failed": "P2",
     "patrol_suspicious": "P3",
     "guard_panic": "P1",
+    "patrol_report": "P3",
 }
 WITH_INCIDENT = {
     "fire_alarm",
@@ -59,6 +60,7 @@ WITH_INCIDENT = {
     "perimeter_intrusion",
     "barrier_fault",
     "device_offline",
+    "patrol_report",
 }
 
 

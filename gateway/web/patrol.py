@@ -10,16 +10,21 @@ kept next to the gateway's: the skew at sending goes with the scan.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import hashlib
 import hmac
 import io
+import os
+import re
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gateway.alarms.kpis import shift_window
@@ -53,6 +58,25 @@ class ScanIn(BaseModel):
     """The phone's clock when it sent this (after an offline queue: later than scanned_at)."""
 
 
+REPORT_CATEGORIES = ("repair", "security", "fire_hazard", "cleanliness", "other")
+MAX_PHOTO_BYTES = 2 * 1024 * 1024
+_PHOTO_TYPES = {b"\xff\xd8\xff": "jpg", b"\x89PNG": "png", b"RIFF": "webp"}
+
+
+class ReportIn(BaseModel):
+    """A guard reports a problem found on the round (报事), optionally with a photo."""
+
+    model_config = ConfigDict(extra="forbid")
+    report_id: ScanId
+    category: Literal["repair", "security", "fire_hazard", "cleanliness", "other"]
+    note: str = Field(min_length=2, max_length=1000)
+    checkpoint: str | None = Field(default=None, max_length=64)
+    photo: str | None = Field(default=None, max_length=3 * 1024 * 1024)
+    """A data URL (``data:image/jpeg;base64,…``) of at most 2 MiB of image."""
+    reported_at: AwareDatetime
+    sent_at: AwareDatetime
+
+
 class PanicIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     panic_id: ScanId
@@ -69,6 +93,7 @@ def create_patrol_router(
     shifts: Sequence[str],
 ) -> APIRouter:
     router = APIRouter(prefix="/api/v1/patrol", tags=["patrol"])
+    photos = journal.path.parent / "photos"
     secret = settings.signing_secret.get_secret_value() if settings.signing_secret else ""
 
     def skew(sent_at: datetime) -> float:
@@ -158,6 +183,52 @@ def create_patrol_router(
         )
         return {"stored": True, "last_checkpoint": last}
 
+    @router.post("/reports")
+    async def report_problem(
+        body: ReportIn,
+        who: Principal = Depends(require("patrol.scan")),  # noqa: B008
+    ) -> dict[str, Any]:
+        """A problem found on the round: an alarm for the guard room and a ticket at central."""
+        photo = None
+        if body.photo:
+            photo = _save_photo(photos, body.report_id, body.photo)
+        cp = settings.checkpoint(body.checkpoint or "")
+        payload = {
+            "report_id": body.report_id,
+            "guard": who.name,
+            "category": body.category,
+            "note": body.note,
+            "checkpoint": cp.id if cp else None,
+            "where": f"{cp.name if cp else '巡更途中 on the round'} · {body.note[:40]}",
+            "photo": photo,
+            "reported_at": to_rfc3339(body.reported_at),
+            "clock_skew_s": skew(body.sent_at),
+        }
+        await journal.submit(
+            Event(
+                "patrol.report",
+                f"phone:{who.name}",
+                payload,
+                device_time=body.reported_at,
+                received_at=clock.now(),
+                id=f"patrol-report:{body.report_id}",
+            )
+        )
+        return {"stored": True, "report_id": body.report_id, "photo": photo}
+
+    @router.get("/photos/{name}")
+    async def photo(
+        name: str,
+        _: Principal = Depends(require("devices.read")),  # noqa: B008
+    ) -> FileResponse:
+        """A report's photo (names are made by the gateway: id.ext)."""
+        if not re.fullmatch(r"[A-Za-z0-9_-]{8,64}\.(jpg|png|webp)", name):
+            raise HTTPException(404, "no such photo")
+        path = photos / name
+        if not path.is_file():
+            raise HTTPException(404, "no such photo")
+        return FileResponse(path)
+
     @router.get("/status")
     async def status(_: Principal = Depends(require("devices.read"))) -> dict[str, Any]:  # noqa: B008
         """Rounds in progress (scanned / total, overdue checkpoints)."""
@@ -206,6 +277,31 @@ def create_patrol_router(
         }
 
     return router
+
+
+def _save_photo(folder: Path, report_id: str, data_url: str) -> str:
+    """Decode, check and store a photo beside the journal; its file name.
+
+    The name comes from the report's id, so a report sent twice writes the same
+    file; the write is atomic (temporary file, then rename)."""
+    head, _, encoded = data_url.partition(",")
+    if not head.startswith("data:image/") or ";base64" not in head:
+        raise HTTPException(422, "photo: expected a data URL of an image (data:image/…;base64,…)")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (ValueError, binascii.Error):
+        raise HTTPException(422, "photo: not valid base64") from None
+    if len(raw) > MAX_PHOTO_BYTES:
+        raise HTTPException(413, f"photo: larger than {MAX_PHOTO_BYTES // 1024} KiB")
+    ext = next((e for magic, e in _PHOTO_TYPES.items() if raw.startswith(magic)), None)
+    if ext is None:
+        raise HTTPException(422, "photo: not a JPEG, PNG or WebP image")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{report_id}.{ext}"
+    tmp = folder / f".{name}.tmp"
+    tmp.write_bytes(raw)
+    os.replace(tmp, folder / name)
+    return name
 
 
 def _csv(rounds: list[dict[str, Any]]) -> bytes:

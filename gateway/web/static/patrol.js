@@ -64,8 +64,17 @@ function newId() {
   return btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
+const CATEGORIES = {
+  repair: t("patrol_category_repair"),
+  security: t("patrol_category_security"),
+  fire_hazard: t("patrol_category_fire_hazard"),
+  cleanliness: t("patrol_category_cleanliness"),
+  other: t("patrol_category_other"),
+};
+
 function labelOf(item) {
   if (item.kind === "panic") return t("patrol_panic_item");
+  if (item.kind === "report") return `${t("patrol_report")}: ${CATEGORIES[item.category] || item.category}`;
   if (item.method === "qr") return boot.checkpoints[item.checkpoint] || item.checkpoint;
   return item.method === "code" ? item.code : item.tag;
 }
@@ -76,6 +85,7 @@ function record(fields) {
   const entry = {
     scan_id: item.scan_id, kind: item.kind, method: item.method, label: labelOf(item),
     scanned_at: item.scanned_at, status: "queued", silent: !!item.silent,
+    checkpoint: item.kind === "report" ? null : item.checkpoint || null,
   };
   update("history", (history) => [entry, ...history]);
   if (item.kind === "panic") {
@@ -100,6 +110,12 @@ function settle(item, status, changes) {
 // ---- sending -----------------------------------------------------------------------
 
 function bodyOf(item, sentAt) {
+  if (item.kind === "report") {
+    const body = { report_id: item.scan_id, category: item.category, note: item.note, reported_at: item.scanned_at, sent_at: sentAt };
+    if (item.checkpoint) body.checkpoint = item.checkpoint;
+    if (item.photo) body.photo = item.photo;
+    return body;
+  }
   if (item.kind === "panic") {
     return { panic_id: item.scan_id, silent: !!item.silent, pressed_at: item.scanned_at, sent_at: sentAt };
   }
@@ -118,7 +134,8 @@ function detailOf(status, data) {
 // "next": go on with the next item; "stop": the gateway cannot be reached, try later;
 // "retry": the page's CSRF token was renewed, send the queue again now.
 async function send(item) {
-  const path = item.kind === "panic" ? "/api/v1/patrol/panic" : "/api/v1/patrol/scans";
+  const paths = { panic: "/api/v1/patrol/panic", report: "/api/v1/patrol/reports" };
+  const path = paths[item.kind] || "/api/v1/patrol/scans";
   let response;
   try {
     response = await fetch(path, {
@@ -154,6 +171,11 @@ async function send(item) {
 
 function delivered(item, data) {
   $("relogin").hidden = true;
+  if (item.kind === "report") {
+    settle(item, "sent", {});
+    show("ok", t("patrol_report_sent"));
+    return;
+  }
   if (item.kind === "panic") {
     settle(item, "sent", {});
     if (!item.silent) show("bad", t("patrol_panic_sent"));
@@ -162,7 +184,7 @@ function delivered(item, data) {
   const name = boot.lang === "en" && data.name_en ? data.name_en : data.name;
   const label = name || labelOf(item);
   const note = data.known === false ? t("patrol_unknown_code") : "";
-  settle(item, "sent", { label, note });
+  settle(item, "sent", { label, note, checkpoint: data.checkpoint || null });
   show(note ? "queued" : "ok", `${t("patrol_checked_in")}: ${label}${note ? ` (${note})` : ""}`);
 }
 
@@ -432,3 +454,33 @@ if (scan) {
   render();
   flush();
 }
+
+// ---- reporting a problem found on the round (报事) ------------------------------------
+
+function lastCheckpoint() {
+  const done = load("history").find((h) => h.kind !== "panic" && h.kind !== "report" && h.checkpoint);
+  return done ? done.checkpoint : null;
+}
+
+function readPhoto(file) {
+  return new Promise((resolve) => {
+    if (!file) { resolve(null); return; }
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result));
+    reader.onerror = () => resolve(null);
+    reader.readAsDataURL(file);
+  });
+}
+
+$("report-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const note = $("report-note").value.trim();
+  if (note.length < 2) { $("report-note").focus(); return; }
+  const file = $("report-photo").files[0];
+  if (file && file.size > 2 * 1024 * 1024) { show("bad", t("patrol_photo_too_big")); return; }
+  const photo = await readPhoto(file);
+  record({ kind: "report", method: "report", category: $("report-category").value, note, photo, checkpoint: lastCheckpoint() });
+  $("report-note").value = "";
+  $("report-photo").value = "";
+  $("report-box").open = false;
+});
