@@ -412,7 +412,12 @@ def _cross_checks(config: SiteConfig, source: str) -> list[str]:
         except ConfigError as exc:
             problems += exc.problems
     problems += _parking_checks(config, source)
-    problems += patrol_checks(config.patrol, {a.id for a in config.devices.access_points}, source)
+    problems += patrol_checks(
+        config.patrol,
+        {a.id for a in config.devices.access_points},
+        set(config.device_ids()),
+        source,
+    )
     if config.mqtt is not None and config.mqtt.ca_file is not None:
         if not config.mqtt.ca_file.is_file():
             problems.append(f'{source}: mqtt.ca_file: "{config.mqtt.ca_file}" does not exist')

@@ -194,3 +194,43 @@ def test_the_shift_report_per_round_and_per_guard() -> None:
     assert report["guards"]["zhang"] == {"rounds": 1, "complete": 1, "late": 1, "missed": 0}
     assert report["guards"]["li"]["missed"] == 2
     assert report["totals"]["rounds"] == 4 and report["totals"]["not_started"] == 2
+
+
+def test_an_alarm_sends_a_guard_to_the_nearest_checkpoint(tmp_path: Path) -> None:
+    clock = ShiftedClock(local(23, 14, 0).astimezone(UTC))
+    with_near = settings().model_copy(
+        update={
+            "checkpoints": [
+                settings().checkpoints[0].model_copy(update={"near": ["gate-9"]}),
+                settings().checkpoints[1].model_copy(update={"near": ["io-north"]}),
+                settings().checkpoints[2],
+            ]
+        }
+    )
+
+    async def body(journal: Journal) -> list[str]:
+        tracker = PatrolTracker(with_near, ZONE, journal, clock)
+        await tracker.step()  # tracking starts
+        raised = {"type": "door_forced", "alarm_id": "door-forced:gate-9", "occurrence": "OCC1"}
+        await journal.submit(Event("alarm.raised", "gate-9", raised, received_at=clock.now()))
+        other = {"type": "perimeter_intrusion", "alarm_id": "beam:io-north/2", "occurrence": "OCC2"}
+        await journal.submit(Event("alarm.raised", "io-north", other, received_at=clock.now()))
+        ignored = {"type": "sump_high", "alarm_id": "sump:io-north/5", "occurrence": "OCC3"}
+        await journal.submit(Event("alarm.raised", "io-north", ignored, received_at=clock.now()))
+        first = await tracker.step()
+        assert sorted(t["task_id"] for t in tracker.status()["tasks"]) == ["task:OCC1", "task:OCC2"]
+        scan_at = clock.now() + timedelta(minutes=4)
+        payload = {"tag": "0F004EBEFC", "guard": "zhang", "scan_id": "t1", "method": "wand",
+                   "scanned_at": scan_at.isoformat()}  # fmt: skip
+        await journal.submit(Event("patrol.scan", "WAND-1", payload, id="patrol-scan:t1"))
+        clock.jump(timedelta(minutes=11))
+        later = await tracker.step()
+        return sorted(f.id for f in first + later if f.kind.startswith("patrol.task"))
+
+    ids = with_journal(tmp_path / "journal.db", body)
+    assert ids == [
+        "patrol-task:task:OCC1:done",
+        "patrol-task:task:OCC1:open",
+        "patrol-task:task:OCC2:missed",  # nobody went to CP-2 in 10 minutes
+        "patrol-task:task:OCC2:open",
+    ]

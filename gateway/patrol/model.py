@@ -48,6 +48,9 @@ class Checkpoint(_Section):
     """Typed by the guard when no tag can be read; the id when not set."""
     reader: Ident | None = None
     """An access point whose reader counts a patrol-card swipe as a scan here."""
+    near: list[Ident] = []
+    """Devices (doors, perimeter zones' I/O modules) this checkpoint is the nearest to:
+    an alarm on one of them sends a guard here (alarm-driven patrol)."""
 
 
 class RouteStop(_Section):
@@ -95,12 +98,19 @@ class PatrolSettings(_HasSecrets):
     burst_window_s: Annotated[StrictFloat | StrictInt, Field(gt=0)] = 600
     skew_s: Annotated[StrictFloat | StrictInt, Field(gt=0)] = 120
     escalate_below_pct: Annotated[StrictFloat | StrictInt, Field(ge=0, le=100)] = 70
+    tasks: dict[Ident, Annotated[StrictFloat | StrictInt, Field(gt=0, le=240)]] = {
+        "perimeter_intrusion": 10,
+        "door_forced": 10,
+    }
+    """Alarm type → minutes: such an alarm sends a guard to scan the nearest checkpoint."""
 
     def checkpoint(self, checkpoint_id: str) -> Checkpoint | None:
         return next((c for c in self.checkpoints if c.id == checkpoint_id), None)
 
 
-def patrol_checks(patrol: PatrolSettings, access_points: set[str], source: str) -> list[str]:
+def patrol_checks(
+    patrol: PatrolSettings, access_points: set[str], devices: set[str], source: str
+) -> list[str]:
     """Cross-checks: unique ids and tags, routes and schedules naming what exists."""
     problems: list[str] = []
     key = f"{source}: patrol"
@@ -126,6 +136,11 @@ def patrol_checks(patrol: PatrolSettings, access_points: set[str], source: str) 
             if tag in owner:
                 problems.append(f'{key}.{where}: "{tag}" is already the tag of {owner[tag]}')
             owner.setdefault(tag, where)
+        for j, device in enumerate(cp.near):
+            if device not in devices:
+                problems.append(
+                    f'{key}.checkpoints[{i}].near[{j}]: "{device}" is not a configured device'
+                )
         if cp.reader is not None and cp.reader not in access_points:
             problems.append(
                 f'{key}.checkpoints[{i}].reader: "{cp.reader}" is not a configured access point'

@@ -19,6 +19,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,8 +35,20 @@ from gateway.sync.central_state import get_cursor, set_cursor
 
 log = logging.getLogger(__name__)
 
-SCAN_KINDS = ("patrol.scan", "access.granted", "access.denied")
+SCAN_KINDS = ("patrol.scan", "access.granted", "access.denied", "alarm.raised")
 LOOKBACK = timedelta(hours=36)
+
+
+@dataclass
+class Task:
+    """Scan ``checkpoint`` by ``due``: sent by an alarm (alarm-driven patrol)."""
+
+    task_id: str
+    alarm_id: str
+    checkpoint: str
+    raised: datetime
+    due: datetime
+    closed: bool = False
 
 
 class PatrolTracker:
@@ -69,6 +82,9 @@ class PatrolTracker:
         self._emitted: set[str] = set()
         self._loaded = False
         self.since = clock.now()
+        self.tasks: dict[str, Task] = {}
+        self._nearest = {d: c.id for c in settings.checkpoints for d in c.near}
+        self._nearest.update({c.reader: c.id for c in settings.checkpoints if c.reader})
 
     def parts(self) -> list[tuple[str, PartFactory]]:
         return [("patrol", self.run)]
@@ -146,6 +162,9 @@ class PatrolTracker:
         findings: list[Finding] = []
         for seq, kind, device, payload, received_at, eid in rows:
             self.cursor = max(self.cursor, seq)
+            if kind == "alarm.raised":
+                self._task_for(device, payload, parse_rfc3339(received_at))
+                continue
             made = self.to_scan(kind, device, payload, parse_rfc3339(received_at), eid)
             if made is None:
                 continue
@@ -157,6 +176,7 @@ class PatrolTracker:
         for rnd in rounds_between(self.settings, self.zone, max(now - LOOKBACK, self.since), now):
             if rnd.closes <= now:
                 findings += judge(self.settings, rnd, self.scans)
+        findings += self._tasks_findings(now)
         new = [f for f in findings if f.id not in self._emitted]
         if new:
             events = [
@@ -173,6 +193,75 @@ class PatrolTracker:
                 "patrol findings stored count=%d kinds=%s", len(new), sorted({f.kind for f in new})
             )
         return new
+
+    # ---- alarm-driven patrol --------------------------------------------------------
+
+    def _task_for(self, device: str | None, alarm: Mapping[str, Any], raised: datetime) -> None:
+        """An alarm of a task type on a device near a checkpoint sends a guard there."""
+        minutes = self.settings.tasks.get(str(alarm.get("type")))
+        checkpoint = self._nearest.get(device or "")
+        if minutes is None or checkpoint is None or raised < self.since:
+            return
+        task_id = f"task:{alarm.get('occurrence') or alarm.get('alarm_id')}"
+        self.tasks.setdefault(
+            task_id,
+            Task(
+                task_id,
+                str(alarm.get("alarm_id")),
+                checkpoint,
+                raised,
+                raised + timedelta(minutes=float(minutes)),
+            ),
+        )
+
+    def _tasks_findings(self, now: datetime) -> list[Finding]:
+        found: list[Finding] = []
+        for task in list(self.tasks.values()):
+            cp = self.settings.checkpoint(task.checkpoint)
+            where = cp.name if cp else task.checkpoint
+            base: dict[str, object] = {
+                "task_id": task.task_id,
+                "alarm_id": task.alarm_id,
+                "checkpoint": task.checkpoint,
+                "due": to_rfc3339(task.due),
+                "where": where,
+            }
+            found.append(Finding(f"patrol-task:{task.task_id}:open", "patrol.task", base))
+            scan = next(
+                (
+                    s
+                    for s in self.scans
+                    if s.checkpoint == task.checkpoint and task.raised <= s.at <= task.due
+                ),
+                None,
+            )
+            if scan is not None:
+                done = {**base, "guard": scan.guard, "scanned_at": to_rfc3339(scan.at)}
+                found.append(Finding(f"patrol-task:{task.task_id}:done", "patrol.task_done", done))
+                task.closed = True
+            elif now > task.due:
+                found.append(
+                    Finding(f"patrol-task:{task.task_id}:missed", "patrol.task_missed", base)
+                )
+                task.closed = True
+            if task.closed and now - task.due > LOOKBACK:
+                del self.tasks[task.task_id]
+        return found
+
+    def open_tasks(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "task_id": t.task_id,
+                "alarm_id": t.alarm_id,
+                "checkpoint": t.checkpoint,
+                "name": (
+                    cp.name if (cp := self.settings.checkpoint(t.checkpoint)) else t.checkpoint
+                ),
+                "due": to_rfc3339(t.due),
+            }
+            for t in self.tasks.values()
+            if not t.closed
+        ]
 
     def _on_route(self, scan: Scan) -> bool:
         """Whether a round whose route has this checkpoint is open around the scan."""
@@ -227,6 +316,7 @@ class PatrolTracker:
         day_ago = now - timedelta(hours=24)
         return {
             "in_progress": current,
+            "tasks": self.open_tasks(),
             "recent": recent[-12:],
             "scans_24h": sum(1 for s in self.scans if s.at >= day_ago),
         }

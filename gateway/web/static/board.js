@@ -393,6 +393,12 @@ async function refreshStatus() {
       el("th", { scope: "row" }, `${t("patrol_in_progress")}: ${r.route_name}`),
       el("td", {}, `${r.done.length} / ${r.total}`),
       el("td", { class: r.overdue.length ? "bad" : null }, r.overdue.length ? `${t("patrol_overdue")}: ${r.overdue.join(", ")}` : "")));
+    for (const task of s.patrol.tasks || []) {
+      rows.unshift(el("tr", {},
+        el("th", { scope: "row", class: "bad" }, `${t("patrol_task")}: ${task.name}`),
+        el("td", {}, el("span", { class: "countdown", "data-by": task.due }, "")),
+        el("td", {}, task.alarm_id)));
+    }
     for (const r of s.patrol.recent.slice(-4).reverse()) {
       rows.push(el("tr", {},
         el("th", { scope: "row" }, `${fmtTime(r.start)} ${r.route_name}`),
