@@ -150,7 +150,7 @@ def test_the_tracker_finds_a_missed_checkpoint_and_the_alarm_engine_raises_it(
         await tracker.step()
         assert {s.checkpoint for s in tracker.scans} == {"CP-1", "CP-2"}
         assert tracker.scans[0].at == local(23, 22, 1)  # corrected by the measured skew
-        clock.jump(timedelta(minutes=50))  # past the round's last window
+        clock.jump(timedelta(minutes=65))  # past the round's last window and the grace
         found = await tracker.step()
         again = await tracker.step()
         deadline = asyncio.get_running_loop().time() + 5
@@ -159,10 +159,16 @@ def test_the_tracker_finds_a_missed_checkpoint_and_the_alarm_engine_raises_it(
         ):
             assert asyncio.get_running_loop().time() < deadline, "no alarm"
             await asyncio.sleep(0.05)
+        # the wand's last record comes in after the judgement: flagged next to it
+        late = {**wand, "tag": "0F004EBE02", "scan_id": "w3",
+                "scanned_at": (local(23, 22, 31) + off).isoformat()}  # fmt: skip
+        await journal.submit(Event("patrol.scan", "WAND-1", late, id="patrol-scan:w3"))
+        uploaded_late = [f.payload["reason"] for f in await tracker.step()]
         alarm_task.cancel()
         await asyncio.gather(alarm_task, return_exceptions=True)
         assert alarms.engine is not None
         return {
+            "late": uploaded_late,
             "found": sorted(f.kind for f in found),
             "again": again,
             "alarm": alarms.engine.alarms["patrol-checkpoint-missed:nights@20261123T2200/CP-3"],
@@ -176,6 +182,7 @@ def test_the_tracker_finds_a_missed_checkpoint_and_the_alarm_engine_raises_it(
     assert result["again"] == []  # evaluated again: nothing new
     assert result["alarm"].priority == "P3" and result["alarm"].location == "北围墙"
     assert result["round"] is not None and result["round"].priority == "P2"  # 66.7 % < 70 %
+    assert "late_upload" in result["late"]
 
 
 def test_the_shift_report_per_round_and_per_guard() -> None:

@@ -98,6 +98,9 @@ class PatrolSettings(_HasSecrets):
     burst_window_s: Annotated[StrictFloat | StrictInt, Field(gt=0)] = 600
     skew_s: Annotated[StrictFloat | StrictInt, Field(gt=0)] = 120
     escalate_below_pct: Annotated[StrictFloat | StrictInt, Field(ge=0, le=100)] = 70
+    judge_after_min: Annotated[StrictFloat | StrictInt, Field(ge=0, le=24 * 60)] = 15
+    """Rounds are judged this long after they close: late phone queues and wand
+    downloads still count. Scans uploaded after the judgement are flagged."""
     tasks: dict[Ident, Annotated[StrictFloat | StrictInt, Field(gt=0, le=240)]] = {
         "perimeter_intrusion": 10,
         "door_forced": 10,

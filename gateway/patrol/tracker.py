@@ -72,7 +72,7 @@ class PatrolTracker:
         self.readers = dict(readers or {c.reader: c.id for c in settings.checkpoints if c.reader})
         self._tags: dict[str, str] = {}
         for cp in settings.checkpoints:
-            self._tags[cp.id.upper()] = cp.id
+            # the typed code; the id only when no code is set (the id is in every QR URL)
             self._tags[(cp.code or cp.id).upper()] = cp.id
             for tag in cp.tags:
                 self._tags[tag] = cp.id
@@ -171,10 +171,12 @@ class PatrolTracker:
             scan, skew = made
             before = [s for s in self.scans if s.at <= scan.at and s.at >= scan.at - LOOKBACK]
             findings += flag_scan(self.settings, scan, before, skew, self._on_route(scan))
+            findings += self._late_upload(scan)
             self.scans.append(scan)
         self.scans = sorted((s for s in self.scans if s.at >= now - LOOKBACK), key=lambda s: s.at)
+        grace = timedelta(minutes=float(self.settings.judge_after_min))
         for rnd in rounds_between(self.settings, self.zone, max(now - LOOKBACK, self.since), now):
-            if rnd.closes <= now:
+            if rnd.closes + grace <= now:
                 findings += judge(self.settings, rnd, self.scans)
         findings += self._tasks_findings(now)
         new = [f for f in findings if f.id not in self._emitted]
@@ -193,6 +195,31 @@ class PatrolTracker:
                 "patrol findings stored count=%d kinds=%s", len(new), sorted({f.kind for f in new})
             )
         return new
+
+    def _late_upload(self, scan: Scan) -> list[Finding]:
+        """A scan that arrived after its round was judged: the judgement stands in
+        the journal (and its alarm), so say so next to it."""
+        grace = timedelta(minutes=float(self.settings.judge_after_min))
+        for rnd in rounds_between(
+            self.settings, self.zone, scan.at - timedelta(hours=12), scan.at + timedelta(hours=1)
+        ):
+            on = any(s.checkpoint == scan.checkpoint for s in rnd.route.stops)
+            judged = rnd.closes + grace
+            if on and rnd.start - grace <= scan.at <= rnd.closes and scan.received_at > judged:
+                cp = self.settings.checkpoint(scan.checkpoint or "")
+                payload: dict[str, object] = {
+                    "reason": "late_upload",
+                    "alarm": False,
+                    "scan_id": scan.scan_id,
+                    "checkpoint": scan.checkpoint,
+                    "round": rnd.id,
+                    "guard": scan.guard,
+                    "where": cp.name if cp else scan.tag,
+                    "scanned_at": to_rfc3339(scan.at),
+                    "received_at": to_rfc3339(scan.received_at),
+                }
+                return [Finding(f"patrol-flag:{scan.scan_id}:late_upload", "patrol.flag", payload)]
+        return []
 
     # ---- alarm-driven patrol --------------------------------------------------------
 

@@ -145,6 +145,7 @@ STRINGS: Mapping[str, tuple[str, str]] = {
     "patrol_not_ready": ("巡更模块尚未启用", "The guard tour is not set up yet"),
     "patrol_in_progress": ("进行中", "In progress"),
     "patrol_task": ("紧急巡查任务", "Urgent check"),
+    "patrol_not_counted": ("未计入巡更", "Not counted"),
     "patrol_report": ("报事", "Report a problem"),
     "patrol_report_category": ("类别", "Category"),
     "patrol_category_repair": ("设施报修", "Repair"),

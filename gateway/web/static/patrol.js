@@ -185,7 +185,11 @@ function delivered(item, data) {
   const label = name || labelOf(item);
   const note = data.known === false ? t("patrol_unknown_code") : "";
   settle(item, "sent", { label, note, checkpoint: data.checkpoint || null });
-  show(note ? "queued" : "ok", `${t("patrol_checked_in")}: ${label}${note ? ` (${note})` : ""}`);
+  if (note) {
+    show("bad", `${t("patrol_not_counted")}: ${label} (${note})`);  // a wrong code is no check-in
+  } else {
+    show("ok", `${t("patrol_checked_in")}: ${label}`);
+  }
 }
 
 function refused(item, status, detail) {
