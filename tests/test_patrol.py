@@ -241,3 +241,29 @@ def test_an_alarm_sends_a_guard_to_the_nearest_checkpoint(tmp_path: Path) -> Non
         "patrol-task:task:OCC2:missed",  # nobody went to CP-2 in 10 minutes
         "patrol-task:task:OCC2:open",
     ]
+
+
+def test_a_patrol_card_at_a_checkpoint_door_reader_counts_as_a_scan(tmp_path: Path) -> None:
+    with_reader = settings().model_copy(
+        update={
+            "checkpoints": [
+                settings().checkpoints[0].model_copy(update={"reader": "N-GATE-1"}),
+                *settings().checkpoints[1:],
+            ]
+        }
+    )
+
+    async def body(journal: Journal) -> list[Scan]:
+        tracker = PatrolTracker(with_reader, ZONE, journal, ShiftedClock(local(23, 22)))
+        await journal.submit(Event("access.granted", "N-GATE-1", {"card": "0f00aa0001"}))
+        await journal.submit(
+            Event("access.granted", "N-GATE-1", {"card": "12345678"})
+        )  # a resident
+        await journal.submit(
+            Event("access.denied", "S-GATE-1", {"card": "0F00AA0001"})
+        )  # no checkpoint
+        await tracker.step()
+        return tracker.scans
+
+    [only] = with_journal(tmp_path / "journal.db", body)
+    assert (only.checkpoint, only.guard, only.method) == ("CP-1", "zhang", "gate")
