@@ -223,6 +223,19 @@ def test_an_incident_reaches_central_with_priority_and_revisions(
         gateway.close()
 
 
+def both_actions(site: Site) -> dict[str, Any] | None:
+    """The confirmed fire once both linkage actions are in its timeline (None before:
+    the second signal and the actions take a moment)."""
+    response = httpx.get(
+        f"{site.url}/api/v1/alarms/fire-confirmed:site", headers=site.headers("guard")
+    )
+    if response.status_code == 404:
+        return None
+    body = dict(response.json())
+    actions = [e for e in body["timeline"] if e["what"] == "action"]
+    return body if len(actions) == 2 else None
+
+
 def fire_site(directory: Path, broker: Broker) -> Site:
     mqtt = (
         f'\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
@@ -273,19 +286,7 @@ def test_a_fire_confirmed_by_two_detectors_releases_gates_and_raises_barriers(
             ]  # one signal: no linkage (GB 50116 §4.1.6)
             detectors.publish("site/fire/SMOKE-2/event", json.dumps(alarm_body))
             confirmed = wait_for(
-                lambda: (
-                    len(
-                        [
-                            e
-                            for e in alarm(site, "fire-confirmed:site")["timeline"]
-                            if e["what"] == "action"
-                        ]
-                    )
-                    == 2
-                    and alarm(site, "fire-confirmed:site")
-                ),
-                10,
-                "both actions recorded",
+                lambda: both_actions(site), 10, "the confirmed fire with both actions recorded"
             )
         notes = sorted(e["note"] for e in confirmed["timeline"] if e["what"] == "action")
         assert notes[0].startswith("raise_barriers P-IN-1: 设备已确认 confirmed hold_open")
