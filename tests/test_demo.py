@@ -7,9 +7,17 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
+
+from gateway.patrol.model import PatrolSettings
+from gateway.patrol.rounds import rounds_between
+from gateway.sim.demo import PATROL_ROUTE, plan_patrol
+from gateway.web.patrol import qr_signature
 
 DEMO = [sys.executable, "-m", "gateway.cli", "demo", "--port", "0"]
 
@@ -55,6 +63,14 @@ def test_demo_runs_for_its_duration_and_prints_a_summary(tmp_path: Path) -> None
         timeout=30,
     )
     assert check.returncode == 0, check.stderr
+    # The guard tour: the phone page, and a checkpoint's QR URL signed with the site's secret.
+    assert re.search(r"guard tour \(巡更\): +http://127\.0\.0\.1:\d+/patrol", out)
+    qr = re.search(r"http://127\.0\.0\.1:\d+/p/(CP\d+)\?s=([0-9a-f]{24})", out)
+    assert qr is not None
+    site = tomllib.loads((tmp_path / "demo-site.toml").read_text("utf-8"))
+    assert qr.group(2) == qr_signature(site["patrol"]["signing_secret"], qr.group(1))
+    assert [w["id"] for w in site["devices"]["patrol_wands"]] == ["WAND-CRADLE-1"]
+    assert site["patrol"]["schedules"][0]["route"] == PATROL_ROUTE
 
     again = subprocess.run(
         [*DEMO, "--duration", "1", "--data", str(tmp_path)],
@@ -98,3 +114,22 @@ def test_demo_serves_the_api_with_the_printed_tokens_and_stops_on_ctrl_c(tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_demo_tour_starts_a_round_seconds_after_the_demo() -> None:
+    zone = ZoneInfo("Asia/Shanghai")
+    site = tomllib.loads((Path(__file__).parents[1] / "gateway/sim/demo-site.toml").read_text())
+    for second in range(60):
+        now = datetime(2026, 11, 24, 23, 59, second, 500_000, tzinfo=zone)  # to past midnight
+        plan = plan_patrol(zone, now)
+        assert timedelta(seconds=10) <= plan.first - now < timedelta(seconds=22)
+        assert 5 <= plan.every_min < 6
+        schedule = tomllib.loads(plan.schedule_toml())["patrol"]["schedules"]
+        settings = PatrolSettings.model_validate(
+            {"routes": site["patrol"]["routes"], "schedules": schedule}
+        )
+        rounds = rounds_between(settings, zone, now, now + timedelta(minutes=12))
+        assert [r.start for r in rounds][:2] == [
+            plan.first,
+            plan.first + timedelta(minutes=plan.every_min),
+        ]

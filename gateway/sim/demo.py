@@ -19,16 +19,26 @@ The central billing and ticket system is the reference receiver
 (``gateway.sync.receiver``) on another port of 127.0.0.1, with its own
 database under ``--data``; its page lists what the gateway delivered. At
 2 min the WAN "fails" for a minute: the backlog grows, then drains.
+
+The guard tour (巡更): six checkpoints and a route in ``demo-site.toml``, rounds
+every 5–6 minutes all day from ~10 s after the start (the schedule is written at
+start). A guard walks each round with a simulated wand (``gateway.sim.wand`` on
+a pty, the site's cradle), docking it on the way and at the end; in the first
+round he skips one checkpoint, so a ``patrol.checkpoint_missed`` and its alarm
+follow when the round is judged (~1:45 after the start).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import secrets
 import sqlite3
 import tomllib
 from collections import Counter
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -38,12 +48,15 @@ from gateway.auth import hash_token, new_token
 from gateway.config import SiteConfig, load_site_config
 from gateway.health import DeviceHealth
 from gateway.journal.queries import count_events
+from gateway.patrol.model import PatrolSettings
 from gateway.profiles import load_profiles
 from gateway.sim.broker import Broker, BrokerStartError, BrokerUnavailable, run_broker
 from gateway.sim.gates import GateTraffic, SimBarrier, SimGate
 from gateway.sim.meters import MeterFleet, SiteLayout, reference_slice, shipped_profiles_dir
+from gateway.sim.wand import SimWand
 from gateway.supervisor import PartFactory
 from gateway.sync.receiver import CentralReceiver
+from gateway.web.patrol import qr_signature
 
 DEMO_TOWERS = 2
 HOUSEHOLD_POLL_S = 60.0
@@ -56,6 +69,16 @@ ENTRAPMENT_AT_S = 45.0  # an elevator alarm contact closes (电梯困人, P1) �
 ENTRAPMENT_FOR_S = 240.0  # … until the people are out
 WAN_DOWN_AT_S = 120.0
 WAN_DOWN_FOR_S = 60.0
+PATROL_ROUTE = "DEMO"  # the route in demo-site.toml the schedule repeats
+PATROL_WAND = "WAND-CRADLE-1"
+PATROL_LEAD_S = 10  # the first round starts at least this long after the site file is written …
+PATROL_GRID_S = 12  # … on a 12-s grid of the minute, so that every_min is 5.0, 5.2, … 5.8
+PATROL_EVERY_MIN = 5
+PATROL_SKIPPED = "CP04"  # the guard skips it in the first round: missed, and an alarm
+PATROL_DOCK_AFTER = 3  # he drops the wand in the cradle after this many checkpoints …
+PATROL_DOCK_WAIT_S = 15.0  # … and takes it again once downloaded (or after this long)
+PATROL_PICKUP_S = 6.0  # he takes the wand from the cradle this long before a round
+PATROL_LATE_S = 2.0  # and reaches each checkpoint this long after it is due
 
 
 def demo_layout() -> SiteLayout:
@@ -103,6 +126,47 @@ def _gates_toml(broker: Broker) -> str:
     )
 
 
+@dataclass(frozen=True)
+class DemoPatrol:
+    """When the demo's rounds start: every ``every_min`` all day, one at ``first``.
+
+    A schedule's ``start`` is a minute of the day: the window opens on the whole
+    minute ``every_min`` before ``first``, and ``every_min`` carries ``first``'s
+    seconds (5.2 for :12). The tracker judges only rounds that start after it
+    first runs, so the first one it judges starts seconds after the demo.
+    """
+
+    started: datetime
+    """When the demo began (aware, site time): the ``[N s]`` of the printed lines."""
+    first: datetime
+    every_min: float
+
+    @property
+    def window_start(self) -> datetime:
+        return self.first - timedelta(minutes=self.every_min)
+
+    def schedule_toml(self) -> str:
+        opens = f"{self.window_start:%H:%M}"
+        return (
+            f"\n# The demo's rounds, written at start: every {self.every_min:g} min all day "
+            f"(end = start), the first at {self.first:%H:%M:%S}\n# — a real site walks "
+            "every 2–4 hours. start_window_min: a round counts no scans of the one before.\n"
+            f'[[patrol.schedules]]\nid = "{PATROL_ROUTE}-ALL-DAY"\nroute = "{PATROL_ROUTE}"\n'
+            f'start = "{opens}"\nend = "{opens}"\nevery_min = {self.every_min!r}\n'
+            "start_window_min = 0.5\n"
+        )
+
+
+def plan_patrol(zone: ZoneInfo, now: datetime | None = None) -> DemoPatrol:
+    """Rounds from the next 12-s mark at least ``PATROL_LEAD_S`` from ``now``."""
+    now = datetime.now(zone) if now is None else now.astimezone(zone)
+    at = now + timedelta(seconds=PATROL_LEAD_S)
+    minute = at.replace(second=0, microsecond=0)
+    steps = math.ceil((at - minute).total_seconds() / PATROL_GRID_S)
+    first = minute + timedelta(seconds=steps * PATROL_GRID_S)
+    return DemoPatrol(now, first, round(PATROL_EVERY_MIN + first.second / 60, 1))
+
+
 def write_demo_site(
     data_dir: Path,
     port: int,
@@ -111,15 +175,23 @@ def write_demo_site(
     profiles_dir: Path,
     central: tuple[str, str],
     broker: Broker | None = None,
+    patrol: DemoPatrol | None = None,
+    wand: SimWand | None = None,
 ) -> tuple[Path, dict[str, str]]:
     """Write ``data_dir/demo-site.toml`` with fresh tokens; returns it and the tokens.
 
-    ``central`` is the reference receiver's (base URL, site token)."""
+    ``central`` is the reference receiver's (base URL, site token); ``patrol`` the
+    tour's timing (without it no round is scheduled); ``wand`` the simulated wand
+    whose pty is the cradle. The patrol signing secret is fresh too."""
     base = resources.files("gateway.sim").joinpath("demo-site.toml").read_text(encoding="utf-8")
+    parsed = tomllib.loads(base)
     tokens: dict[str, str] = {}
-    for user in tomllib.loads(base).get("users", []):
+    for user in parsed.get("users", []):
         tokens[user["name"]] = token = new_token()
         base = base.replace(f'"{user["token_sha256"]}"', f'"{hash_token(token)}"', 1)
+    placeholder = parsed.get("patrol", {}).get("signing_secret")
+    if placeholder:
+        base = base.replace(f'"{placeholder}"', f'"{secrets.token_hex(16)}"', 1)
     extra = f'{base.rstrip()}\n\n[api]\nhost = "127.0.0.1"\nport = {port}\n'
     extra += (
         f'\n[sync]\nbase_url = "{central[0]}"\ntoken = "{central[1]}"\n'
@@ -127,6 +199,14 @@ def write_demo_site(
     )
     if broker is not None:
         extra += _gates_toml(broker)
+    if patrol is not None:
+        extra += patrol.schedule_toml()
+    if wand is not None:
+        extra += (
+            "\n# The guard room's wand cradle: the simulated wand on a pseudo-terminal.\n"
+            f'[[devices.patrol_wands]]\nid = "{PATROL_WAND}"\ndevice = "{wand.port}"\n'
+            "baudrate = 9600\n"
+        )
     path = data_dir.resolve() / "demo-site.toml"
     path.write_text(layout.site_toml(ports, profiles_dir=profiles_dir, extra=extra), "utf-8")
     return path, tokens
@@ -144,6 +224,12 @@ def _print_welcome(
     print(f"  sync status:             {url}/api/v1/sync   (needs a token)")
     print(f"  central system (sim):    {central_url}/")
     print(f"  health:                  {url}/healthz")
+    patrol = config.patrol
+    if patrol.checkpoints and patrol.signing_secret is not None:
+        cp = patrol.checkpoints[0]
+        signature = qr_signature(patrol.signing_secret.get_secret_value(), cp.id)
+        print(f"  guard tour (巡更):        {url}/patrol   (the phone page; sign in as guard)")
+        print(f"  checkpoint QR {cp.id:<10} {url}/p/{cp.id}?s={signature}   ({cp.name})")
     print(f"  metrics:                 {url}/metrics   (needs a token)")
     print(f"  journal:                 {config.journal.path}")
     print(f"  site file:               {config.source}")
@@ -220,6 +306,114 @@ async def _gate_traffic(traffic: GateTraffic) -> None:
         await asyncio.sleep(5.0)
 
 
+async def _sleep_until(when: datetime) -> None:
+    await asyncio.sleep(max(0.0, (when - datetime.now(when.tzinfo)).total_seconds()))
+
+
+async def _dock(wand: SimWand) -> bool:
+    """Put the wand in the cradle; whether the gateway downloaded and cleared it in time."""
+    wand.docked = True
+    for _ in range(round(PATROL_DOCK_WAIT_S / 0.5)):
+        if not wand.records:
+            return True
+        await asyncio.sleep(0.5)
+    return not wand.records
+
+
+async def _patrol(wand: SimWand, settings: PatrolSettings, plan: DemoPatrol) -> None:
+    """A guard walks every round with the wand (a demo: one checkpoint every 12 s).
+
+    He takes the wand from the cradle and reads his personnel card, reads each
+    checkpoint's chip just after it is due, and drops the wand in the cradle
+    after ``PATROL_DOCK_AFTER`` checkpoints (the gateway downloads it; he reads
+    his card again when he takes it back) and at the end. In the first round he
+    skips ``PATROL_SKIPPED``: the tracker finds it missed when it judges the round."""
+    route = next(r for r in settings.routes if r.id == PATROL_ROUTE)
+    guard = settings.guards[0]
+    card = guard.cards[0]
+    chips = {c.id: c.tags[0] for c in settings.checkpoints if c.tags}
+    skip = settings.checkpoint(PATROL_SKIPPED)
+    zone = plan.first.tzinfo
+    judge_after = timedelta(minutes=float(settings.judge_after_min))
+    start, first = plan.first, True
+
+    def say(text: str) -> None:
+        elapsed = (datetime.now(zone) - plan.started).total_seconds()
+        print(f"  [{elapsed:.0f} s] patrol: {text}", flush=True)
+
+    while True:
+        stops = [
+            s
+            for s in route.stops
+            if s.checkpoint in chips and not (first and skip and s.checkpoint == skip.id)
+        ]
+        await _sleep_until(start - timedelta(seconds=PATROL_PICKUP_S))
+        wand.docked = False
+        wand.add_scan(card, wand.clock)
+        if first:
+            skipped = f"; checkpoint {skip.id} {skip.name} will be skipped" if skip else ""
+            say(
+                f"guard {guard.name} ({guard.id}) takes the wand, reads his card and walks round "
+                f"{PATROL_ROUTE}-ALL-DAY@{start:%Y%m%dT%H%M} ({len(route.stops)} checkpoints "
+                f"from {start:%H:%M:%S}, then every {plan.every_min:g} min){skipped}"
+            )
+        for i, stop in enumerate(stops, start=1):
+            due = start + timedelta(minutes=float(stop.offset_min))
+            await _sleep_until(due + timedelta(seconds=PATROL_LATE_S))
+            wand.add_scan(chips[stop.checkpoint], wand.clock)
+            if i % PATROL_DOCK_AFTER and i < len(stops):
+                continue
+            downloaded = await _dock(wand)
+            if first:
+                how = "downloaded and cleared" if downloaded else "not downloaded yet"
+                if i < len(stops):
+                    say(
+                        f"wand docked after {i} checkpoints: {how} "
+                        "(patrol.guard_login, patrol.scan on the journal)"
+                    )
+                else:
+                    closes = max(
+                        start + timedelta(minutes=float(s.offset_min) + float(s.deviation_min))
+                        for s in route.stops
+                    )
+                    missed, findings = "", "patrol.round_finished"
+                    if skip:
+                        missed = f"checkpoint {skip.id} {skip.name} skipped; "
+                        findings = "patrol.checkpoint_missed, alarm patrol_missed 巡更点漏巡"
+                    say(
+                        f"round walked, {missed}wand docked: {how}. Judged at "
+                        f"{closes + judge_after:%H:%M:%S} ({findings}); "
+                        "see the guard screen's 巡更 panel"
+                    )
+            if i < len(stops):
+                wand.docked = False
+                wand.add_scan(card, wand.clock)
+        start += timedelta(minutes=plan.every_min)
+        first = False
+
+
+def _start_wand(zone: ZoneInfo) -> SimWand | None:
+    """The simulated patrol wand in its cradle, or None (with a line saying why)."""
+    try:
+        return SimWand(zone=zone).start()
+    except OSError as exc:
+        print(f"  (no patrol wand in this demo: cannot open a pseudo-terminal: {exc})", flush=True)
+        return None
+
+
+def _restart_tour(journal: Path) -> None:
+    """Judge rounds from this run on: each run writes a new schedule, and the
+    tracker would otherwise judge its rounds back to the journal's first run
+    (all "not started")."""
+    if not journal.exists():
+        return
+    with contextlib.closing(sqlite3.connect(journal)) as conn, conn:
+        try:
+            conn.execute("DELETE FROM sync_cursors WHERE name = 'patrol.since'")
+        except sqlite3.OperationalError:  # a journal file without tables yet
+            pass
+
+
 def _start_broker(stack: contextlib.ExitStack) -> Broker | None:
     """The embedded broker for the gates, or None (with a line saying why)."""
     try:
@@ -240,9 +434,12 @@ def run_demo(*, duration: float | None, port: int, data_dir: Path) -> int:
     fleet.start()
     stack = contextlib.ExitStack()
     traffic: GateTraffic | None = None
+    wand: SimWand | None = None
     try:
         broker = _start_broker(stack)
+        wand = _start_wand(ZoneInfo(layout.timezone))
         central_url = central.start()
+        tour = plan_patrol(ZoneInfo(layout.timezone))
         site_file, tokens = write_demo_site(
             data_dir,
             port,
@@ -251,13 +448,19 @@ def run_demo(*, duration: float | None, port: int, data_dir: Path) -> int:
             profiles_dir,
             (central_url, central_token),
             broker,
+            tour,
+            wand,
         )
         config = load_site_config(site_file)
         seq_before = _last_seq(config.journal.path)
+        _restart_tour(config.journal.path)
         parts: list[tuple[str, PartFactory]] = [
             ("simulator", lambda: _scenario(fleet, layout, central)),
             ("emergencies", lambda: _entrapment(fleet, layout)),
         ]
+        if wand is not None:
+            guard_wand = wand
+            parts.append(("patrol-simulator", lambda: _patrol(guard_wand, config.patrol, tour)))
         if broker is not None:
             traffic = GateTraffic(
                 broker.host,
@@ -289,6 +492,8 @@ def run_demo(*, duration: float | None, port: int, data_dir: Path) -> int:
     finally:
         if traffic is not None:
             traffic.stop()
+        if wand is not None:
+            wand.close()
         fleet.stop()
         central.stop()
         stack.close()
@@ -301,6 +506,14 @@ def run_demo(*, duration: float | None, port: int, data_dir: Path) -> int:
             "barriers (see /api/v1/parking)"
         )
     print(f"  sync:            central holds {stored} readings from this site (all runs)")
+    if config.patrol.checkpoints:
+        patrol = _patrol_counts(config.journal.path, seq_before)
+        print(
+            f"  patrol:          {patrol['patrol.scan']} scans, "
+            f"{patrol['patrol.round_finished'] + patrol['patrol.round_not_started']} rounds "
+            f"judged, {patrol['patrol.checkpoint_missed']} checkpoints missed this run "
+            "(see /api/v1/patrol/status)"
+        )
     return 0
 
 
@@ -355,5 +568,19 @@ def _count(path: Path, after_seq: int) -> tuple[int, int, int, int]:
             (after_seq,),
         ).fetchone()
         return count_events(conn), int(this_run), int(readings), int(raised)
+    finally:
+        conn.close()
+
+
+def _patrol_counts(path: Path, after_seq: int) -> Counter[str]:
+    """Patrol events after ``after_seq`` by kind."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT kind, count(*) FROM events WHERE seq > ? AND kind LIKE 'patrol.%' "
+            "GROUP BY kind",
+            (after_seq,),
+        ).fetchall()
+        return Counter({str(kind): int(n) for kind, n in rows})
     finally:
         conn.close()
