@@ -191,7 +191,7 @@ class AccessPoint(_Section):
     """A gate, door or parking barrier reached over MQTT."""
 
     id: Ident
-    kind: Literal["door", "turnstile", "barrier", "detector"]
+    kind: Literal["door", "turnstile", "barrier", "detector", "reader"]
     profile: str = Field(min_length=1)
     topic_prefix: str = Field(min_length=1)
     name: str | None = None

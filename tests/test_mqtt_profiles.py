@@ -77,6 +77,7 @@ def test_every_shipped_mqtt_profile_loads(profiles: dict[str, MqttProfile]) -> N
     assert set(profiles) == {
         "generic-json-gate",
         "generic-json-detector",
+        "generic-json-checkpoint-reader",
         "uhppoted-mqtt",
         "dahua-vto2mqtt",
         "lpr-camera-barrier",

@@ -4,6 +4,8 @@ the panic button raising a P1 with the guard's last checkpoint."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -13,8 +15,11 @@ from typing import Any
 import httpx
 
 from gateway.web.patrol import qr_signature
-from tests.harness.patrol import SECRET, events, patrol_site
-from tests.harness.site import GatewayProcess, Site
+from tests.harness.broker import Broker, MqttTestClient
+from tests.harness.patrol import PATROL, SECRET, events, patrol_site
+from tests.harness.site import GatewayProcess, Site, write_site
+
+PROFILES = Path(__file__).resolve().parents[1] / "config" / "profiles"
 
 
 def post(site: Site, path: str, body: dict[str, Any], role: str = "guard") -> httpx.Response:
@@ -162,5 +167,43 @@ def test_a_problem_reported_on_the_round_becomes_an_incident_with_its_photo(
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert "1号楼大堂" in found[0]["location"] and found[0]["incident"] is True
+    finally:
+        gateway.close()
+
+
+def test_a_guard_card_at_an_mqtt_checkpoint_reader_counts_as_a_scan(
+    tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    reader = (
+        f'\n[mqtt]\nhost = "{mqtt_broker.host}"\nport = {mqtt_broker.port}\n'
+        f'username = "{mqtt_broker.username}"\npassword = "{mqtt_broker.password}"\n'
+        '\n[[devices.access_points]]\nid = "CP1-READER"\nkind = "reader"\n'
+        'profile = "generic-json-checkpoint-reader"\ntopic_prefix = "site/patrol/CP1-READER"\n'
+        '\n[[patrol.guards]]\nid = "guard1"\nname = "张三"\ncards = ["0F00AA0001"]\n'
+    )
+    tour = PATROL.replace('code = "A101"\n', 'code = "A101"\nreader = "CP1-READER"\n', 1)
+    site = write_site(tmp_path / "site", extra=tour + reader)
+    shutil.copy(PROFILES / "generic-json-checkpoint-reader.toml", tmp_path / "site" / "profiles")
+    gateway = GatewayProcess(site)
+    try:
+        gateway.wait_ready()
+        time.sleep(0.5)  # the gateway's SUBSCRIBE
+        with MqttTestClient(mqtt_broker) as device:
+            device.connect()
+            for seq in (1, 2):  # read twice within a minute: a duplicate, flagged
+                read = {"card": "0f00aa0001", "seq": seq, "ts": datetime.now(UTC).isoformat()}
+                device.publish("site/patrol/CP1-READER/read", json.dumps(read))
+        deadline = time.monotonic() + 15
+        while not (
+            flags := [
+                e for e in events(site, "patrol.flag") if e["payload"]["reason"] == "duplicate"
+            ]
+        ):
+            assert time.monotonic() < deadline, "the reader's reads never became scans"
+            time.sleep(0.2)
+        [duplicate] = flags
+        assert duplicate["payload"]["checkpoint"] == "CP-1"
+        assert duplicate["payload"]["guard"] == "guard1"
+        assert duplicate["payload"]["method"] == "gate"
     finally:
         gateway.close()
