@@ -1053,7 +1053,7 @@ def test_an_access_point_needs_an_mqtt_access_profile(tmp_path: Path) -> None:
     problem = the_problem(path)
     assert problem.startswith(
         f'{path}: devices.access_points[0].profile: "eastron-sdm120" is not an MQTT access '
-        f"profile in {tmp_path / 'profiles'} (there: dahua-vto2mqtt, generic-json-checkpoint-reader, "
-        "generic-json-detector, "
+        f"profile in {tmp_path / 'profiles'} (there: dahua-vto2mqtt, "
+        "generic-json-checkpoint-reader, generic-json-detector, "
         "generic-json-gate"
     )
