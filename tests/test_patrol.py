@@ -267,3 +267,12 @@ def test_a_patrol_card_at_a_checkpoint_door_reader_counts_as_a_scan(tmp_path: Pa
 
     [only] = with_journal(tmp_path / "journal.db", body)
     assert (only.checkpoint, only.guard, only.method) == ("CP-1", "zhang", "gate")
+
+
+def test_the_last_stop_can_be_late_within_the_judging_grace() -> None:
+    [rnd] = rounds_between(settings(), ZONE, local(23, 21), local(23, 23))
+    walked = [scan("CP-1", local(23, 22, 1)), scan("CP-2", local(23, 22, 15)),
+              scan("CP-3", local(23, 22, 45))]  # fmt: skip
+    kinds = {f.kind: f for f in judge(settings(), rnd, walked)}
+    assert kinds["patrol.checkpoint_late"].payload["checkpoint"] == "CP-3"
+    assert "patrol.checkpoint_missed" not in kinds

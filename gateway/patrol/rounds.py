@@ -108,7 +108,9 @@ def judge(settings: PatrolSettings, rnd: Round, scans: Sequence[Scan]) -> list[F
         - window
         - max((timedelta(minutes=float(s.deviation_min)) for s in rnd.route.stops), default=window)
     )
-    mine = [s for s in scans if s.checkpoint in stops and earliest <= s.at <= rnd.closes]
+    # Scans up to the judgement count: the last stop can be late, not only missed.
+    latest = rnd.closes + timedelta(minutes=float(settings.judge_after_min))
+    mine = [s for s in scans if s.checkpoint in stops and earliest <= s.at <= latest]
     first: dict[str, Scan] = {}
     for scan in sorted(mine, key=lambda s: s.at):
         first.setdefault(scan.checkpoint or "", scan)

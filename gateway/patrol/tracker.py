@@ -205,7 +205,7 @@ class PatrolTracker:
         ):
             on = any(s.checkpoint == scan.checkpoint for s in rnd.route.stops)
             judged = rnd.closes + grace
-            if on and rnd.start - grace <= scan.at <= rnd.closes and scan.received_at > judged:
+            if on and rnd.start - grace <= scan.at <= judged and scan.received_at > judged:
                 cp = self.settings.checkpoint(scan.checkpoint or "")
                 payload: dict[str, object] = {
                     "reason": "late_upload",
