@@ -48,7 +48,7 @@ from gateway.errors import ConfigError
 from gateway.patrol.model import PatrolSettings, patrol_checks
 from gateway.profiles import load_profiles
 from gateway.secrets import SECRET_KEYS
-from gateway.validation import describe_error, format_loc, parse_toml
+from gateway.validation import describe_error, format_loc, parse_toml, read_config_text
 
 
 class SiteInfo(_Section):
@@ -553,12 +553,4 @@ def parse_site_config(text: str, source: Path) -> SiteConfig:
 def load_site_config(path: Path | str) -> SiteConfig:
     """Read and validate a site file; raise ConfigError naming file, key, value."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: is not UTF-8 text; save it as UTF-8"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    return parse_site_config(text, path)
+    return parse_site_config(read_config_text(path), path)

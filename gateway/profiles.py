@@ -41,7 +41,7 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError
-from gateway.validation import describe_error, format_loc, format_value
+from gateway.validation import describe_error, format_loc, format_value, read_config_text
 
 # Registers each value type spans.
 _REGISTER_COUNTS: Mapping[str, int] = {
@@ -573,21 +573,9 @@ def _parse_profile(text: str, path: Path) -> Profile:
     return _build(data, path)
 
 
-def read_profile_text(path: Path) -> str:
-    """A profile file's text, or a ConfigError naming the file and what is wrong."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: is not UTF-8 text; save it as UTF-8"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-
-
 def load_profile(path: Path) -> Profile:
     """Read and validate one profile file; its id is the file name without ``.toml``."""
-    return _parse_profile(read_profile_text(path), path)
+    return _parse_profile(read_config_text(path), path)
 
 
 def is_mqtt_access_profile(path: Path) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
@@ -66,3 +67,16 @@ def parse_toml(text: str, name: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{name}: not valid TOML: {exc}"]) from None
+
+
+def read_config_text(path: Path, what: str = "") -> str:
+    """A configuration file's text (site file, plan, profile), or a ConfigError
+    naming the file and what is wrong; ``what`` says which file it was meant to be."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file{what}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: is not UTF-8 text; save it as UTF-8"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError
-from gateway.validation import describe_error, format_loc, parse_toml
+from gateway.validation import describe_error, format_loc, parse_toml, read_config_text
 
 Priority = Literal["P1", "P2", "P3", "P4"]
 PRIORITY_NAMES: Mapping[str, tuple[str, str]] = {
@@ -356,12 +356,4 @@ def shipped_plan_path() -> Path:
 def load_plan(path: Path | str | None = None) -> Plan:
     """Read and validate a plan file (the shipped default when ``path`` is None)."""
     path = Path(path) if path is not None else shipped_plan_path()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file (the contingency plan)"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: is not UTF-8 text; save it as UTF-8"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    return parse_plan(text, path)
+    return parse_plan(read_config_text(path, " (the contingency plan)"), path)

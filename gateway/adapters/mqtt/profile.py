@@ -43,9 +43,8 @@ from gateway.profiles import (
     MQTT_ACCESS_KIND,
     is_mqtt_access_profile,
     load_folder,
-    read_profile_text,
 )
-from gateway.validation import describe_error, format_loc
+from gateway.validation import describe_error, format_loc, read_config_text
 
 # ---- the normalised vocabulary ---------------------------------------------------------
 
@@ -569,7 +568,7 @@ def parse_mqtt_profile(text: str, path: Path) -> MqttProfile:
 
 def load_mqtt_profile(path: Path) -> MqttProfile:
     """Read and validate one MQTT access profile file."""
-    return parse_mqtt_profile(read_profile_text(path), path)
+    return parse_mqtt_profile(read_config_text(path), path)
 
 
 def load_mqtt_profiles(folder: Path) -> dict[str, MqttProfile]:
