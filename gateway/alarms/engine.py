@@ -308,10 +308,6 @@ class AlarmEngine:
         if alarm is not None and alarm.occurrence == occurrence:
             self._log(alarm, "action", GATEWAY, now, what)
 
-    def add_notice(self, payload: Mapping[str, Any], now: datetime) -> None:
-        self._add_notice(payload)
-        self._review_suppression(now)
-
     # ---- views ------------------------------------------------------------------------
 
     def view(self, alarm: Alarm, now: datetime) -> dict[str, Any]:

@@ -398,10 +398,6 @@ class AggregateEval:
         count = len(members & (self.offline | self.no_supply))
         return len(members) >= self.rule.min_members and count >= self.rule.fraction * len(members)
 
-    def down_count(self, group: str) -> tuple[int, int]:
-        members = self.groups[group]
-        return len(members & (self.offline | self.no_supply)), len(members)
-
     def tick(self, now: datetime) -> list[Signal]:
         return [self._signal(key, state) for key, state in self.debounce.due(now)]
 

@@ -27,7 +27,6 @@ from gateway.alarms.service import AlarmService
 from gateway.auth import Principal
 from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.errors import JournalError
-from gateway.events import Event
 from gateway.sync.central_state import tickets
 from gateway.web.security import require
 
@@ -383,6 +382,3 @@ def create_alarm_router(alarms: AlarmService | None, zone: ZoneInfo) -> APIRoute
 def _sse(event: str, data: dict[str, Any]) -> str:
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return f"event: {event}\ndata: {text}\n\n"
-
-
-__all__ = ["Event", "board", "create_alarm_router"]

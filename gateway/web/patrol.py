@@ -130,15 +130,10 @@ def create_patrol_router(
             "scanned_at": to_rfc3339(body.scanned_at),
             "clock_skew_s": skew(body.sent_at),
         }
-        event = Event(
-            "patrol.scan",
-            f"phone:{who.name}",
-            payload,
-            device_time=body.scanned_at,
-            received_at=clock.now(),
-            id=f"patrol-scan:{body.scan_id}",
-        )
-        await journal.submit(event)
+        await _from_phone(
+            journal, clock, who, "patrol.scan", payload, f"patrol-scan:{body.scan_id}",
+            body.scanned_at,
+        )  # fmt: skip
         cp = settings.checkpoint(checkpoint or "")
         return {
             "stored": True,
@@ -171,16 +166,10 @@ def create_patrol_router(
             "pressed_at": to_rfc3339(body.pressed_at),
             "clock_skew_s": skew(body.sent_at),
         }
-        await journal.submit(
-            Event(
-                "patrol.panic",
-                f"phone:{who.name}",
-                payload,
-                device_time=body.pressed_at,
-                received_at=clock.now(),
-                id=f"patrol-panic:{body.panic_id}",
-            )
-        )
+        await _from_phone(
+            journal, clock, who, "patrol.panic", payload, f"patrol-panic:{body.panic_id}",
+            body.pressed_at,
+        )  # fmt: skip
         return {"stored": True, "last_checkpoint": last}
 
     @router.post("/reports")
@@ -204,16 +193,10 @@ def create_patrol_router(
             "reported_at": to_rfc3339(body.reported_at),
             "clock_skew_s": skew(body.sent_at),
         }
-        await journal.submit(
-            Event(
-                "patrol.report",
-                f"phone:{who.name}",
-                payload,
-                device_time=body.reported_at,
-                received_at=clock.now(),
-                id=f"patrol-report:{body.report_id}",
-            )
-        )
+        await _from_phone(
+            journal, clock, who, "patrol.report", payload, f"patrol-report:{body.report_id}",
+            body.reported_at,
+        )  # fmt: skip
         return {"stored": True, "report_id": body.report_id, "photo": photo}
 
     @router.get("/photos/{name}")
@@ -329,6 +312,28 @@ def _csv(rounds: list[dict[str, Any]]) -> bytes:
     return ("\ufeff" + out.getvalue()).encode("utf-8")
 
 
+async def _from_phone(
+    journal: Journal,
+    clock: Clock,
+    who: Principal,
+    kind: str,
+    payload: dict[str, Any],
+    event_id: str,
+    device_time: datetime | None,
+) -> None:
+    """Journal what a guard's phone sent; the id the page chose makes a resend harmless."""
+    await journal.submit(
+        Event(
+            kind,
+            f"phone:{who.name}",
+            payload,
+            device_time=device_time,
+            received_at=clock.now(),
+            id=event_id,
+        )
+    )
+
+
 async def _record_forgery(journal: Journal, body: ScanIn, who: Principal, clock: Clock) -> None:
     """A forged QR scan is refused but never lost: it is a flagged finding."""
     payload = {
@@ -342,12 +347,6 @@ async def _record_forgery(journal: Journal, body: ScanIn, who: Principal, clock:
         "where": f"伪造二维码 forged QR ({body.checkpoint})",
         "scanned_at": to_rfc3339(body.scanned_at),
     }
-    await journal.submit(
-        Event(
-            "patrol.flag",
-            f"phone:{who.name}",
-            payload,
-            received_at=clock.now(),
-            id=f"patrol-flag:{body.scan_id}:forged_qr",
-        )
+    await _from_phone(
+        journal, clock, who, "patrol.flag", payload, f"patrol-flag:{body.scan_id}:forged_qr", None
     )
