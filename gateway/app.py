@@ -35,6 +35,7 @@ from gateway.health import DeviceHealth
 from gateway.journal.store import Journal
 from gateway.metrics import GatewayMetrics
 from gateway.patrol.tracker import PatrolTracker
+from gateway.reports.book import ReportBook
 from gateway.supervisor import PartFactory, PartHealth, Supervisor
 from gateway.sync.side import SyncSide
 from gateway.web.access import create_access_router
@@ -44,6 +45,7 @@ from gateway.web.handover import Handovers, create_handover_router
 from gateway.web.meters import create_meter_router
 from gateway.web.pages import create_page_router
 from gateway.web.patrol import create_patrol_router
+from gateway.web.reports import create_report_router
 from gateway.web.screen import SiteStatus, create_screen_router
 from gateway.web.sessions import SessionStore
 from gateway.web.sync import create_sync_router
@@ -105,6 +107,7 @@ class GatewayService:
         self.access: AccessSide | None = None
         self.alarms: AlarmService | None = None
         self.patrol: PatrolTracker | None = None
+        self.reports: ReportBook | None = None
         self.wands: WandSide | None = None
         self.supervisor = Supervisor()
         self.journal: Journal | None = None
@@ -161,6 +164,16 @@ class GatewayService:
             self.patrol = PatrolTracker(cfg.patrol, cfg.site.zone, journal, self.clock)
             for name, factory in self.patrol.parts():
                 self.supervisor.add(name, factory)
+        self.reports = ReportBook(
+            cfg.reports,
+            cfg.site.zone,
+            journal,
+            self.clock,
+            {u.name: u.role for u in cfg.users},
+            on_incident=self.sync.wake if self.sync else None,
+        )
+        for name, factory in self.reports.parts():
+            self.supervisor.add(name, factory)
         self.alarms = AlarmService(
             load_plan(cfg.site.contingency_plan),
             Directory.from_config(cfg),
@@ -212,6 +225,7 @@ class GatewayService:
                     cfg.patrol, self.patrol, journal, self.clock, self.alarms.plan.plan.shifts
                 ),
                 create_handover_router(Handovers(journal, site, self.alarms)),
+                create_report_router(self.reports, cfg.site.zone),
                 create_page_router(
                     sessions,
                     journal,

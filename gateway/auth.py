@@ -44,6 +44,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "patrol.manage": frozenset({"supervisor", "admin"}),
     "patrol.report": frozenset({"guard", "supervisor", "admin"}),
     "handover.write": frozenset({"guard", "supervisor", "admin"}),
+    "reports.read": frozenset({"guard", "supervisor", "admin"}),
+    "reports.write": frozenset({"guard", "supervisor", "admin"}),
+    "reports.close": frozenset({"supervisor", "admin"}),
+    "reports.contact": frozenset({"supervisor", "admin"}),
 }
 """Permission name → roles holding it. Endpoints ask for a permission, never a role."""
 

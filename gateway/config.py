@@ -47,6 +47,7 @@ from gateway.config_base import (
 from gateway.errors import ConfigError
 from gateway.patrol.model import PatrolSettings, patrol_checks
 from gateway.profiles import load_profiles
+from gateway.reports.model import ReportSettings, report_checks
 from gateway.secrets import SECRET_KEYS
 from gateway.validation import describe_error, format_loc, parse_toml, read_config_text
 
@@ -296,6 +297,7 @@ class SiteConfig(_Section):
     parking: Parking = Parking()
     sync: SyncSettings | None = None
     patrol: PatrolSettings = PatrolSettings()
+    reports: ReportSettings = ReportSettings()
     users: list[User] = []
     _source: Path = PrivateAttr(default=Path("<memory>"))
 
@@ -418,6 +420,7 @@ def _cross_checks(config: SiteConfig, source: str) -> list[str]:
         set(config.device_ids()),
         source,
     )
+    problems += report_checks(config.reports, source)
     if config.mqtt is not None and config.mqtt.ca_file is not None:
         if not config.mqtt.ca_file.is_file():
             problems.append(f'{source}: mqtt.ca_file: "{config.mqtt.ca_file}" does not exist')

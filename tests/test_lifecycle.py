@@ -17,6 +17,7 @@ import pytest
 from gateway.app import GatewayService
 from gateway.config import load_site_config
 from gateway.errors import PartFailed
+from gateway.journal.schema import LATEST_VERSION
 from gateway.supervisor import PartState, Supervisor, backoff_delay
 from tests.harness.site import GatewayProcess, write_site
 
@@ -174,14 +175,15 @@ def test_journal_from_a_newer_gateway_exits_2(tmp_path: Path) -> None:
     site = write_site(tmp_path)
     conn = sqlite3.connect(site.journal)
     conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name, applied_at)")
-    conn.execute("INSERT INTO schema_migrations VALUES (7, 'future', 'later')")
+    future = LATEST_VERSION + 1
+    conn.execute("INSERT INTO schema_migrations VALUES (?, 'future', 'later')", (future,))
     conn.commit()
     conn.close()
     before = site.journal.read_bytes()
     result = _run(site.path)
     assert result.returncode == 2
     [line] = _error_lines(result)
-    assert "schema version 7 is newer than this gateway knows (6)" in line
+    assert f"schema version {future} is newer than this gateway knows ({LATEST_VERSION})" in line
     assert site.journal.read_bytes() == before
 
 

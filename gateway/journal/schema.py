@@ -224,6 +224,35 @@ def _handovers(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX handovers_created ON handovers (created_at)")
 
 
+def _reports(conn: sqlite3.Connection) -> None:
+    # Guard-room reports (报事/报修): the whole state as JSON (gateway.reports.model.Report),
+    # written in the commit of the step that changed it, with its event, incident
+    # revision and audit row. The resident's contact is kept apart, so no query
+    # of reports can leak it; it is read only through the audited contact view.
+    conn.execute(
+        """CREATE TABLE reports (
+            report_id TEXT PRIMARY KEY,       -- R-<site day>-<nnn>, also the incident id
+            created_at TEXT NOT NULL,         -- RFC 3339 UTC
+            state TEXT NOT NULL,
+            body TEXT NOT NULL                -- JSON
+        )"""
+    )
+    conn.execute("CREATE INDEX reports_created ON reports (created_at)")
+    conn.execute("CREATE INDEX reports_state ON reports (state)")
+    conn.execute(
+        """CREATE TABLE report_contacts (
+            report_id TEXT PRIMARY KEY REFERENCES reports (report_id),
+            name TEXT,
+            phone TEXT
+        )"""
+    )
+    # Central's ticket updates are copied into report timelines from here on.
+    conn.execute(
+        "INSERT INTO sync_cursors (name, value) "
+        "SELECT 'reports.cursor', coalesce(max(seq), 0) FROM events"
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events and audit", _initial),
     Migration(2, "meter baselines and period closes", _meters),
@@ -231,6 +260,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "parking occupancy", _parking),
     Migration(5, "alarm states", _alarms),
     Migration(6, "shift handovers", _handovers),
+    Migration(7, "guard-room reports", _reports),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

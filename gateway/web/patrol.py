@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import csv
 import hashlib
 import hmac
-import io
 import os
 import re
 from collections.abc import Sequence
@@ -34,6 +32,7 @@ from gateway.events import Event
 from gateway.journal.store import Journal
 from gateway.patrol.model import PatrolSettings
 from gateway.patrol.tracker import PatrolTracker, last_scans, round_report
+from gateway.web.csvfile import excel_csv
 from gateway.web.security import require
 
 ScanId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
@@ -288,28 +287,17 @@ def _save_photo(folder: Path, report_id: str, data_url: str) -> str:
 
 
 def _csv(rounds: list[dict[str, Any]]) -> bytes:
-    """One row per round; UTF-8 with BOM so Excel shows the Chinese headers."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(
+    """One row per round, for the site office's spreadsheet."""
+    return excel_csv(
         ["轮次 round", "路线 route", "开始 start", "完成率 completion %", "漏巡 missed",
-         "迟到 late", "过早 early", "乱序 out of order", "保安 guards"]
+         "迟到 late", "过早 early", "乱序 out of order", "保安 guards"],
+        [
+            [r["round"], r["route_name"], r["start"], r["completion_pct"], " ".join(r["missed"]),
+             " ".join(r["late"]), " ".join(r["early"]), "是 yes" if r["out_of_order"] else "",
+             " ".join(r["guards"])]
+            for r in rounds
+        ],
     )  # fmt: skip
-    for r in rounds:
-        writer.writerow(
-            [
-                r["round"],
-                r["route_name"],
-                r["start"],
-                r["completion_pct"],
-                " ".join(r["missed"]),
-                " ".join(r["late"]),
-                " ".join(r["early"]),
-                "是 yes" if r["out_of_order"] else "",
-                " ".join(r["guards"]),
-            ]
-        )
-    return ("\ufeff" + out.getvalue()).encode("utf-8")
 
 
 async def _from_phone(
