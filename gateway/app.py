@@ -224,7 +224,7 @@ class GatewayService:
                 create_patrol_router(
                     cfg.patrol, self.patrol, journal, self.clock, self.alarms.plan.plan.shifts
                 ),
-                create_handover_router(Handovers(journal, site, self.alarms)),
+                create_handover_router(Handovers(journal, site, self.alarms, self.reports)),
                 create_report_router(self.reports, cfg.site.zone),
                 create_page_router(
                     sessions,

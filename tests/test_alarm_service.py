@@ -20,7 +20,7 @@ import pytest
 from gateway.sim.gates import SimBarrier, SimGate
 from gateway.sync.receiver import CentralReceiver
 from tests.harness.broker import Broker, MqttTestClient, simulated_devices
-from tests.harness.site import GatewayProcess, Site, write_site
+from tests.harness.site import GatewayProcess, Site, wait_for, write_site
 
 PROFILES = Path(__file__).resolve().parents[1] / "config" / "profiles"
 SITE = "test-site"
@@ -55,17 +55,6 @@ def post(site: Site, role: str, path: str, body: dict[str, Any] | None = None) -
     return httpx.post(
         f"{site.url}/api/v1/alarms/{path}", json=body or {}, headers=site.headers(role), timeout=10
     )
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
 
 
 def comparable(body: dict[str, Any]) -> dict[str, Any]:

@@ -9,18 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness.site import GatewayProcess, Site, write_site
+from tests.harness.site import Site, running, write_site
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     site = write_site(tmp_path_factory.mktemp("api"))
-    gateway = GatewayProcess(site)
-    try:
-        gateway.wait_ready()
+    with running(site):
         yield site
-    finally:
-        gateway.close()
 
 
 @pytest.fixture
@@ -33,7 +29,12 @@ def test_health_needs_no_token_and_shows_parts(client: httpx.Client) -> None:
     body = client.get("/healthz").json()
     assert body["status"] == "ok"
     assert body["site"] == "test-site"
-    assert body["parts"] == {"alarms": "running", "api": "running", "heartbeat": "running"}
+    assert body["parts"] == {
+        "alarms": "running",
+        "api": "running",
+        "heartbeat": "running",
+        "reports": "running",
+    }
     assert body["intake"] == "open"
 
 

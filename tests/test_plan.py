@@ -47,6 +47,9 @@ TYPES = {
     "patrol_suspicious": "P3",
     "guard_panic": "P1",
     "patrol_report": "P3",
+    "report_overdue_urgent": "P1",
+    "report_overdue": "P2",
+    "report_overdue_normal": "P3",
 }
 WITH_INCIDENT = {
     "fire_alarm",
@@ -92,7 +95,7 @@ def test_every_type_is_there_with_names_and_steps(shipped: Plan) -> None:
 
 def test_every_p1_escalates_to_the_shift_leader_within_60_s(shipped: Plan) -> None:
     p1 = [name for name, kind in shipped.types.items() if kind.priority == "P1"]
-    assert len(p1) == 8
+    assert len(p1) == 9
     for name in p1:
         kind = shipped.types[name]
         assert kind.ack_within_s is not None and kind.ack_within_s <= 60, name

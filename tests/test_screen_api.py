@@ -21,7 +21,10 @@ WEB = Path(__file__).resolve().parents[1] / "gateway" / "web"
 
 
 def test_every_string_the_pages_use_exists_in_chinese_and_english() -> None:
-    script = (WEB / "static" / "board.js").read_text(encoding="utf-8")
+    script = "\n".join(
+        (WEB / "static" / name).read_text(encoding="utf-8")
+        for name in ("common.js", "board.js", "reports.js")
+    )
     used = set(re.findall(r'\bt\("([a-z0-9_.\-]+)"\)', script))
     # keys built at run time: t(`state_${...}`) and friends
     for prefix in re.findall(r"\bt\(`([a-z_]+)\$\{", script):

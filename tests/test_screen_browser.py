@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gateway.sim.gates import SimGate
 from tests.harness.broker import Broker, MqttTestClient, simulated_devices
-from tests.harness.browser import SHOTS, needs_chromium
+from tests.harness.browser import CONTRAST_JS, SHOTS, UNLABELLED_JS, login, needs_chromium
 from tests.harness.site import GatewayProcess, Site, write_site
 
 PROFILES = Path(__file__).resolve().parents[1] / "config" / "profiles"
@@ -22,36 +22,6 @@ GATE = "N-GATE-1"
 ALARM = f"door-held-open:{GATE}"
 
 pytestmark = needs_chromium
-
-# Luminance contrast of an element's text against the first opaque background up its tree.
-CONTRAST_JS = """(el) => {
-  const parse = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
-  const lum = ([r, g, b]) => {
-    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
-    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
-  };
-  const fg = parse(getComputedStyle(el).color);
-  let node = el, bg = null;
-  while (node && node.nodeType === 1) {
-    const c = parse(getComputedStyle(node).backgroundColor);
-    if (c.length === 3 || (c.length === 4 && c[3] > 0.9)) { bg = c; break; }
-    node = node.parentElement;
-  }
-  bg = bg || [255, 255, 255];
-  const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
-  return (a + 0.05) / (b + 0.05);
-}"""
-
-UNLABELLED_JS = """() => {
-  const bad = [];
-  for (const b of document.querySelectorAll('button, a')) {
-    if (!(b.textContent.trim() || b.getAttribute('aria-label'))) bad.push(b.outerHTML);
-  }
-  for (const i of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
-    if (!i.id || !document.querySelector(`label[for="${i.id}"]`)) bad.push(i.outerHTML);
-  }
-  return bad;
-}"""
 
 
 def screen_site(directory: Path, broker: Broker) -> Site:
@@ -64,17 +34,6 @@ def screen_site(directory: Path, broker: Broker) -> Site:
     site = write_site(directory, extra=text)
     shutil.copy(PROFILES / "generic-json-gate.toml", directory / "profiles")
     return site
-
-
-def login(browser: object, site: Site, role: str, width: int, height: int):  # type: ignore[no-untyped-def]
-    context = browser.new_context(viewport={"width": width, "height": height})  # type: ignore[attr-defined]
-    page = context.new_page()
-    page.goto(f"{site.url}/login")
-    page.fill("#name", f"{role}1")
-    page.fill("#token", site.tokens[role])
-    page.keyboard.press("Enter")  # the form works from the keyboard
-    page.wait_for_selector("#alarm-list")
-    return page
 
 
 def test_the_guard_screen_end_to_end(tmp_path: Path, mqtt_broker: Broker, browser: object) -> None:

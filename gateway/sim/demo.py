@@ -26,6 +26,10 @@ start). A guard walks each round with a simulated wand (``gateway.sim.wand`` on
 a pty, the site's cradle), docking it on the way and at the end; in the first
 round he skips one checkpoint, so a ``patrol.checkpoint_missed`` and its alarm
 follow when the round is judged (~1:45 after the start).
+
+At 20 s a resident phones in a leak: the guard takes the report (报修, P2) and
+sends the plumber; nobody marks him on scene, so at 15 min the report is
+overdue and the plan's alarm follows.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
+
+import httpx
 
 from gateway.app import GatewayService, RunSummary
 from gateway.auth import hash_token, new_token
@@ -65,6 +71,7 @@ FAULT_AT_S = 30.0  # a building main stops answering …
 FAULT_FOR_S = 60.0  # … for this long
 FAULTY_METER = "B02-MAIN"
 BARRIER_STUCK_AT_S = 90.0
+REPORT_AT_S = 20.0  # a resident phones the guard room: water leaking (报修, P2)
 ENTRAPMENT_AT_S = 45.0  # an elevator alarm contact closes (电梯困人, P1) …
 ENTRAPMENT_FOR_S = 240.0  # … until the people are out
 WAN_DOWN_AT_S = 120.0
@@ -220,6 +227,7 @@ def _print_welcome(
     print(
         f"  guard screen (岗亭监控):  {url}/   (sign in as guard / supervisor with a token below)"
     )
+    print(f"  reports (报事报修):       {url}/reports")
     print(f"  API (OpenAPI docs):      {url}/docs")
     print(f"  sync status:             {url}/api/v1/sync   (needs a token)")
     print(f"  central system (sim):    {central_url}/")
@@ -282,6 +290,37 @@ async def _entrapment(fleet: MeterFleet, layout: SiteLayout) -> None:
     )
     await asyncio.sleep(ENTRAPMENT_FOR_S)
     await asyncio.to_thread(fleet.set_input, module.link, module.unit, contact.number, False)
+    await asyncio.Event().wait()
+
+
+async def _resident_calls(api: list[str], guard_token: str) -> None:
+    """A resident phones in a leak; the guard on duty takes the report and sends the
+    plumber, as on /reports (through the API, under the guard's own token). Nobody
+    marks the plumber on scene, so the report turns overdue at 15 min and the plan's
+    P2 alarm follows."""
+    await asyncio.sleep(REPORT_AT_S)
+    report = {
+        "category": "repair",
+        "subcategory": "water",
+        "urgency": "P2",
+        "description": "厨房水管接头漏水,已关总阀 / kitchen pipe joint leaking, mains shut",
+        "building": "B01",
+        "unit": "1-1202",
+        "channel": "phone",
+        "contact_name": "王女士",
+        "contact_phone": "13900001111",
+    }
+    headers = {"Authorization": f"Bearer {guard_token}"}
+    async with httpx.AsyncClient(base_url=api[0], headers=headers, timeout=10) as client:
+        taken = (await client.post("/api/v1/reports", json=report)).json()
+        await client.post(
+            f"/api/v1/reports/{taken['report_id']}/dispatch", json={"to": "工程部 水电工 李师傅"}
+        )
+    print(
+        f"  [{REPORT_AT_S:.0f} s] a resident phoned in a leak: report {taken['report_id']} "
+        "(报修, P2, on scene within 15 min), plumber dispatched — see /reports",
+        flush=True,
+    )
     await asyncio.Event().wait()
 
 
@@ -454,9 +493,11 @@ def run_demo(*, duration: float | None, port: int, data_dir: Path) -> int:
         config = load_site_config(site_file)
         seq_before = _last_seq(config.journal.path)
         _restart_tour(config.journal.path)
+        api: list[str] = []  # the gateway's URL, once it is serving
         parts: list[tuple[str, PartFactory]] = [
             ("simulator", lambda: _scenario(fleet, layout, central)),
             ("emergencies", lambda: _entrapment(fleet, layout)),
+            ("resident-calls", lambda: _resident_calls(api, tokens["guard"])),
         ]
         if wand is not None:
             guard_wand = wand
@@ -475,10 +516,14 @@ def run_demo(*, duration: float | None, port: int, data_dir: Path) -> int:
             gates = traffic
             parts.append(("gate-simulator", lambda: _gate_traffic(gates)))
 
+        def ready(url: str) -> None:
+            api.append(url)
+            _print_welcome(config, url, tokens, fleet, central_url)
+
         async def main() -> tuple[RunSummary, list[DeviceHealth]]:
             service = GatewayService(
                 config,
-                on_ready=lambda url: _print_welcome(config, url, tokens, fleet, central_url),
+                on_ready=ready,
                 extra_parts=parts,
             )
             if duration is not None:

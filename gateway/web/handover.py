@@ -2,6 +2,7 @@
 
 The outgoing guard presses one button: the gateway freezes the equipment
 state, the unresolved alarms and incidents (with central's ticket numbers),
+the open guard-room reports with their owners,
 car parks, sync, the guard's notes and the staffing into a record, signed by
 that guard's login. The incoming guard signs it with their own login (not the
 same person: the outgoing guard does not leave until relieved). Both steps
@@ -26,6 +27,7 @@ from gateway.auth import Principal
 from gateway.clock import to_rfc3339, utc_now
 from gateway.events import Event, new_event_id
 from gateway.journal.store import Journal, insert_events
+from gateway.reports.book import ReportBook
 from gateway.sync.central_state import tickets
 from gateway.web.screen import SiteStatus
 from gateway.web.security import require
@@ -108,10 +110,46 @@ def _list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 class Handovers:
     """Builds and stores handover records."""
 
-    def __init__(self, journal: Journal, site: SiteStatus, alarms: AlarmService | None) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        site: SiteStatus,
+        alarms: AlarmService | None,
+        reports: ReportBook | None = None,
+    ) -> None:
         self.journal = journal
         self.site = site
         self.alarms = alarms
+        self.reports = reports
+
+    async def _open_reports(self) -> list[dict[str, Any]]:
+        """Reports not yet closed, with their owner: ownership does not end with
+        the shift (首问负责制), so the incoming guard sees who still owns what."""
+        if self.reports is None:
+            return []
+        found = await self.reports.open_reports()
+        ids = [r.report_id for r in found]
+        by_id = {t.incident_id: t for t in await self.journal.query(lambda c: tickets(c, ids))}
+        lines = []
+        for r in found:
+            cat, cat_en, sub, sub_en = self.reports.settings.names(r.category, r.subcategory)
+            ticket = by_id.get(r.report_id)
+            lines.append(
+                {
+                    "report_id": r.report_id,
+                    "urgency": r.urgency,
+                    "kind": f"{cat}·{sub}",
+                    "kind_en": f"{cat_en} · {sub_en}",
+                    "location": r.location,
+                    "state": r.state,
+                    "owner": r.owner,
+                    "handler": r.handler,
+                    "respond_by": r.respond_by,
+                    "overdue": r.overdue_at is not None and r.on_scene_at is None,
+                    "ticket_no": ticket.ticket_no if ticket else None,
+                }
+            )
+        return lines
 
     async def create(self, who: Principal, notes: str, staffing: str) -> dict[str, Any]:
         views = self.alarms.views() if self.alarms else []
@@ -142,6 +180,7 @@ class Handovers:
             "unresolved_alarms": [_alarm_line(v) for v in unresolved],
             "hidden_alarms": [_alarm_line(v) for v in hidden],
             "incidents": incidents,
+            "open_reports": await self._open_reports(),
             "patrol": self.site.patrol.status() if self.site.patrol is not None else None,
             "notes": notes,
             "staffing": staffing,

@@ -1,5 +1,5 @@
 """The guard-room pages: login, the monitoring screen, printable handover records,
-and the guard's patrol page on the phone (巡更打卡).
+guard-room reports (报事/报修) and the guard's patrol page on the phone (巡更打卡).
 
 Server-rendered HTML (Jinja2, autoescaped) plus one small script that keeps
 the screen live from the alarm stream (SSE) and the JSON API. No front-end
@@ -211,6 +211,35 @@ def create_page_router(
             raise HTTPException(404, f"no handover {handover_id}") from None
         return render("handover.html", request, record=record, user=session.principal, zone=zone)
 
+    @router.get("/reports")
+    async def reports_page(request: Request) -> Response:
+        session = session_of(request)
+        if session is None:
+            return RedirectResponse(_login_url(request), status_code=303)
+        if not session.principal.may("reports.read"):
+            raise HTTPException(403, f"role {session.principal.role!r} may not reports.read")
+        who = session.principal
+        boot = {
+            "user": who.name,
+            "role": who.role,
+            "may": {
+                "write": who.may("reports.write"),
+                "close": who.may("reports.close"),
+                "contact": who.may("reports.contact"),
+            },
+            "csrf": session.csrf,
+            "lang": lang_of(request),
+            "zone": zone,
+            "strings": strings(lang_of(request)),
+        }
+        return render(
+            "reports.html",
+            request,
+            user=who,
+            csrf=session.csrf,
+            boot=json.dumps(boot, ensure_ascii=False),
+        )
+
     def patrol_page(request: Request, scan: dict[str, str] | None) -> Response:
         session = session_of(request)
         if session is None:
@@ -278,6 +307,7 @@ def _boot(
             "shelve": who.may("alarms.shelve"),
             "command": who.may("access.command"),
             "handover": who.may("handover.write"),
+            "reports": who.may("reports.read"),
         },
         "csrf": session.csrf,
         "lang": lang,

@@ -12,8 +12,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -103,3 +106,26 @@ class GatewayProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
         self._log.close()
+
+
+@contextmanager
+def running(site: Site) -> Iterator[GatewayProcess]:
+    """``gateway run`` for the site, ready on entry, gone (kill -9 if need be) on exit."""
+    gateway = GatewayProcess(site)
+    try:
+        gateway.wait_ready()
+        yield gateway
+    finally:
+        gateway.close()
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    """Poll ``check()`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
