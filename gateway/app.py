@@ -36,6 +36,7 @@ from gateway.journal.store import Journal
 from gateway.metrics import GatewayMetrics
 from gateway.patrol.tracker import PatrolTracker
 from gateway.reports.book import ReportBook
+from gateway.sdnotify import notify, watchdog_interval_s
 from gateway.supervisor import PartFactory, PartHealth, Supervisor
 from gateway.sync.side import SyncSide
 from gateway.web.access import create_access_router
@@ -239,6 +240,9 @@ class GatewayService:
         )
         self.supervisor.add("api", lambda: _serve_api(api, sock))
         self.supervisor.add("heartbeat", lambda: _heartbeat(self, cfg.service.heartbeat_s))
+        watchdog = watchdog_interval_s()
+        if watchdog is not None:
+            self.supervisor.add("watchdog", lambda: _watchdog(journal, watchdog))
         for name, factory in self._extra_parts:
             self.supervisor.add(name, factory)
 
@@ -250,6 +254,7 @@ class GatewayService:
             log.info("gateway started site=%s api=%s journal=%s", cfg.site.id, url, journal.path)
             if self._on_ready is not None:
                 self._on_ready(url)
+            notify("READY=1", f"STATUS=serving {url}, journal {journal.path}")
             await self._run_until_stopped()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -274,6 +279,7 @@ class GatewayService:
         self.stop.set()
         deadline = time.monotonic() + budget
         log.info("gateway stopping budget_s=%.1f", budget)
+        notify("STOPPING=1", "STATUS=stopping")
         with contextlib.suppress(JournalClosed, asyncio.TimeoutError):
             await asyncio.wait_for(journal.submit(Event("gateway.stopping", None, {})), 0.5)
         if self.alarms is not None:  # the engine's rule memory, so a restart resumes it
@@ -334,6 +340,16 @@ async def _serve_api(app: object, sock: socket.socket) -> None:
         server.should_exit = True
         await serving
         raise
+
+
+async def _watchdog(journal: Journal, interval: float) -> None:
+    """Say WATCHDOG=1 to systemd, each time only after a round trip through the
+    journal's writer: a wedged writer (or event loop) stops the pings, and systemd
+    restarts the gateway (``WatchdogSec`` in deploy/site-gateway.service)."""
+    while True:
+        await journal.write(lambda conn: None)
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
 
 
 async def _heartbeat(service: GatewayService, interval: float) -> None:

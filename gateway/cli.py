@@ -19,7 +19,9 @@ from gateway import __version__
 from gateway.app import GatewayService, StartupError
 from gateway.auth import hash_token
 from gateway.config import load_site_config
-from gateway.errors import ConfigError, JournalOpenError
+from gateway.errors import ConfigError, JournalError, JournalOpenError
+from gateway.journal.backup import backup, restore
+from gateway.journal.schema import LATEST_VERSION
 from gateway.secrets import resolve_secret
 
 EXIT_USAGE = 2
@@ -72,6 +74,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         asyncio.run(service.run())
     except (JournalOpenError, StartupError) as exc:
         return _fail([str(exc)])
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Copy the site's journal while the gateway runs (SQLite online backup)."""
+    try:
+        config = load_site_config(args.config)
+    except ConfigError as exc:
+        return _fail(exc.problems)
+    try:
+        info = backup(config.journal.path, args.dest)
+    except (JournalError, OSError) as exc:
+        return _fail([f"backup: {exc}"])
+    print(
+        f"backup {info.path}: {info.size_bytes} bytes, schema {info.schema_version}, "
+        f"events up to seq {info.last_seq}, integrity ok"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Replace a stopped gateway's journal with a backup (the old one is kept aside)."""
+    try:
+        config = load_site_config(args.config)
+    except ConfigError as exc:
+        return _fail(exc.problems)
+    try:
+        info, moved = restore(args.backup, config.journal.path, LATEST_VERSION)
+    except (JournalError, OSError) as exc:
+        return _fail([f"restore: {exc}"])
+    print(
+        f"restored {info.path} from {args.backup}: schema {info.schema_version}, "
+        f"events up to seq {info.last_seq}"
+        + (f"; the journal it replaced is {moved}" if moved else "")
+    )
     return 0
 
 
@@ -151,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", type=Path, required=True, help="site TOML file")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(handler=cmd_run)
+
+    saver = sub.add_parser("backup", help="copy the site's journal (safe while it runs)")
+    saver.add_argument("-c", "--config", type=Path, required=True, help="site TOML file")
+    saver.add_argument("dest", type=Path, help="backup file, or a folder for a dated file")
+    saver.set_defaults(handler=cmd_backup)
+
+    restorer = sub.add_parser("restore", help="replace a stopped gateway's journal by a backup")
+    restorer.add_argument("-c", "--config", type=Path, required=True, help="site TOML file")
+    restorer.add_argument("backup", type=Path, help="a file made by `gateway backup`")
+    restorer.set_defaults(handler=cmd_restore)
 
     check = sub.add_parser("check-config", help="validate a site file; exit 2 on problems")
     check.add_argument("file", type=Path)

@@ -34,9 +34,10 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from gateway.errors import JournalClosed, JournalOpenError, JournalWriteError
+from gateway.errors import JournalClosed, JournalError, JournalOpenError, JournalWriteError
 from gateway.events import Event
 from gateway.journal import schema
+from gateway.journal.backup import JournalLock, backup
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +96,26 @@ def _check_location(path: Path) -> None:
         raise JournalOpenError(f"journal {path}: directory {parent} is not writable")
 
 
-def open_write_connection(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) and migrate the journal; the connection that writes.
+def open_write_connection(path: Path) -> tuple[sqlite3.Connection, JournalLock]:
+    """Lock, open (creating if needed) and migrate the journal; the connection that
+    writes and the lock to hold while it does.
 
-    Raises JournalOpenError for an unusable path, a corrupt file or a schema
-    newer than this gateway, having changed nothing on disk.
+    Raises JournalOpenError for an unusable path, a corrupt file, a schema newer
+    than this gateway, or a journal another gateway holds, having changed nothing
+    on disk. Before migrating an existing journal to a newer schema it takes a
+    backup beside it (``<journal>.pre-v<N>.bak``): the way back from an upgrade.
     """
     path = Path(path)
     _check_location(path)
+    lock = JournalLock.acquire(path)
+    try:
+        return _open_locked(path), lock
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _open_locked(path: Path) -> sqlite3.Connection:
     existed = path.exists()
     try:
         conn = _connect(path)
@@ -125,6 +138,8 @@ def open_write_connection(path: Path) -> sqlite3.Connection:
         # Checkpoint every 32 MiB of WAL instead of 4 MiB: each checkpoint is an fsync
         # of the database file in the writer thread (+10 % ingest, bench/ingest.py).
         conn.execute("PRAGMA wal_autocheckpoint = 8192")
+        if 0 < version < schema.LATEST_VERSION:
+            _backup_before_upgrade(path, version)
         applied = schema.migrate(conn)
     except JournalOpenError:
         conn.close()
@@ -137,6 +152,18 @@ def open_write_connection(path: Path) -> sqlite3.Connection:
     if applied:
         log.info("journal migrated path=%s versions=%s", path, applied)
     return conn
+
+
+def _backup_before_upgrade(path: Path, version: int) -> None:
+    target = Path(f"{path}.pre-v{schema.LATEST_VERSION}.bak")
+    try:
+        backup(path, target)
+    except (JournalError, OSError) as exc:
+        raise JournalOpenError(
+            f"journal {path}: not migrated from schema {version} to {schema.LATEST_VERSION}: "
+            f"the backup before the upgrade failed ({exc}); free space beside the journal"
+        ) from exc
+    log.info("journal backed up before upgrade path=%s backup=%s", path, target)
 
 
 def _remove_new_file(path: Path) -> None:
@@ -172,8 +199,10 @@ class Journal:
         *,
         max_pending: int,
         on_commit: CommitHook | None,
+        lock: JournalLock | None = None,
     ) -> None:
         self.path = path
+        self._lock = lock
         self._conn = conn
         self._loop = loop
         self._max_pending = max_pending
@@ -209,9 +238,14 @@ class Journal:
     ) -> Journal:
         """Open (create, migrate) the journal and start its writer thread."""
         path = Path(path)
-        conn = await asyncio.to_thread(open_write_connection, path)
+        conn, lock = await asyncio.to_thread(open_write_connection, path)
         return cls(
-            path, conn, asyncio.get_running_loop(), max_pending=max_pending, on_commit=on_commit
+            path,
+            conn,
+            asyncio.get_running_loop(),
+            max_pending=max_pending,
+            on_commit=on_commit,
+            lock=lock,
         )
 
     # ---- intake ---------------------------------------------------------
@@ -426,4 +460,6 @@ class Journal:
         for conn in self._readers:
             conn.close()
         self._conn.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("journal closed path=%s events_committed=%d", self.path, self.events_committed)

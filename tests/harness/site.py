@@ -65,7 +65,7 @@ def write_site(directory: Path, *, port: int | None = None, extra: str = "") -> 
 class GatewayProcess:
     """``gateway run -c FILE`` as a child process, with its stderr kept in a file."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, env: dict[str, str] | None = None) -> None:
         self.site = site
         self.log_path = site.path.parent / f"gateway-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
@@ -73,6 +73,7 @@ class GatewayProcess:
             [sys.executable, "-m", "gateway.cli", "run", "-c", str(site.path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
