@@ -25,10 +25,15 @@ from gateway.config import load_site_config
 from gateway.errors import ConfigError
 from gateway.events import Event
 from gateway.journal.store import Journal
-from gateway.reports.book import NewReport, ReportBook, ReportRefused, respond_by
+from gateway.reports.book import NewReport, ReportBook, ReportRefused, _mark_overdue, respond_by
 from gateway.reports.model import Commitment, ReportSettings, report_checks
 from gateway.reports.privacy import mask_name, mask_phone, scrub_phones
-from gateway.reports.stats import monthly_summary, weekly_by_category
+from gateway.reports.stats import (
+    follow_up_made,
+    follow_up_owed,
+    monthly_summary,
+    weekly_by_category,
+)
 from tests.harness.journal import with_journal
 from tests.harness.site import write_site
 
@@ -386,3 +391,73 @@ def test_report_config_errors_name_file_key_and_value(tmp_path: Path) -> None:
         load_site_config(site.path)
     text = "\n".join(caught.value.problems)
     assert 'reports.commitments.P1.on_scene_min: "10": input should be a valid number' in text, text
+
+
+# ---- found in review ----------------------------------------------------------------
+
+
+def test_a_report_cancelled_or_reached_meanwhile_is_not_marked_overdue(tmp_path: Path) -> None:
+    """The tick reads candidates, then writes: a step in between wins (no alarm that
+    could never clear, no revision of a closed incident)."""
+
+    async def body(book: ReportBook, clock: ShiftedClock) -> None:
+        first = await book.create(GUARD, LEAK)
+        second = await book.create(GUARD, LEAK)
+        clock.jump(timedelta(minutes=11))
+        await book.cancel(SUP, first.report_id, "重复报事")
+        await book.on_scene(GUARD, second.report_id, None)
+        for report in (first, second):
+            with pytest.raises(ReportRefused):
+                await book._change(None, report.report_id, "overdue", _mark_overdue)
+        await book.tick()
+        for report in (first, second):
+            final = await book.get(report.report_id)
+            assert final is not None and final.overdue_at is None
+            assert "overdue" not in [s.what for s in final.timeline]
+
+    run_book(tmp_path, body)
+
+
+def test_phone_numbers_in_any_free_text_are_masked_everywhere(tmp_path: Path) -> None:
+    async def body(book: ReportBook, clock: ShiftedClock) -> None:
+        report = await book.create(
+            GUARD, NewReport(**{**LEAK.__dict__, "unit": "501 13700001111", "description": "漏水"})
+        )
+        rid = report.report_id
+        await book.dispatch(GUARD, rid, "王师傅 13900001111", "回电 13812345678")
+        await book.add_note(GUARD, rid, "住户另一号码 021-66881234")
+        final = await book.get(rid)
+        assert final is not None and final.handler == "王师傅 139****1111"
+        assert final.unit is not None and "****" in final.unit and "13700001111" not in final.unit
+        incident = book.incident(final)
+        assert incident["handler"] == "王师傅 139****1111"
+
+    run_book(tmp_path, body)
+    for table, column in (("reports", "body"), ("events", "payload"), ("outbox", "body")):
+        for (text,) in rows(tmp_path, f"SELECT {column} FROM {table}"):
+            for phone in ("13900001111", "13812345678", "13700001111", "66881234"):
+                assert phone not in text, (table, text)
+    for reason, detail in rows(tmp_path, "SELECT reason, detail FROM audit"):
+        assert "13812345678" not in str(reason) and "13900001111" not in detail
+
+
+def test_an_unsatisfied_call_owes_a_new_one_and_cancel_needs_nobody_on_scene(
+    tmp_path: Path,
+) -> None:
+    async def body(book: ReportBook, clock: ShiftedClock) -> None:
+        report = await book.create(GUARD, NOISE)
+        rid = report.report_id
+        await book.on_scene(GUARD, rid, None)
+        with pytest.raises(ReportRefused, match="only before anyone is on scene"):
+            await book.cancel(SUP, rid, "想取消一个超时的")
+        await book.resolve(GUARD, rid, None)
+        await book.follow_up(GUARD, rid, "unsatisfied", None)
+        await book.resolve(GUARD, rid, "再次处理")
+        again = await book.get(rid)
+        assert again is not None
+        assert (again.follow_up_result, again.follow_up_at) == (None, None)
+        assert follow_up_owed(again) and not follow_up_made(again)
+        with pytest.raises(ReportRefused, match="回访"):
+            await book.close(SUP, rid, None)
+
+    run_book(tmp_path, body)

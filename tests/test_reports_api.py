@@ -174,3 +174,29 @@ def test_statistics_and_the_csv(site: Site) -> None:
     summary = api(site, "guard", "GET", f"/export.csv?month={month}&table=summary").text
     assert "按时率" in summary
     assert api(site, "guard", "GET", "/stats?month=2026-13").status_code == 422
+
+
+def test_agreed_time_is_site_time_and_the_csv_is_safe_for_excel(site: Site) -> None:
+    """A time typed without an offset is the site's (Asia/Shanghai here), whatever
+    the guard PC's zone; the register shows site time; a place typed like a formula
+    stays text in Excel; the contact view is never cached."""
+    later = {
+        **LEAK,
+        "urgency": "P3",
+        "building": None,
+        "unit": None,
+        "area": '=HYPERLINK("http://x")',
+        "agreed_time": "2099-01-02T09:30",
+    }
+    taken = api(site, "guard", "POST", "", later)
+    assert taken.status_code == 201, taken.text
+    report = taken.json()
+    assert report["respond_by"].startswith("2099-01-02T01:30:00")
+    day = report["report_id"].split("-")[1]  # the site's day
+    month = f"{day[:4]}-{day[4:6]}"
+    text = api(site, "guard", "GET", f"/export.csv?month={month}").text
+    assert "'=HYPERLINK" in text and ",=HYPERLINK" not in text
+    row = next(line for line in text.splitlines() if report["report_id"] in line)
+    assert "2099-01-02 09:30" in row
+    contact = api(site, "supervisor", "GET", f"/{report['report_id']}/contact")
+    assert contact.headers["cache-control"] == "no-store"

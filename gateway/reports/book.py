@@ -19,6 +19,7 @@ report's timeline (the engineer's resolution).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -134,13 +135,11 @@ class ReportBook:
             pass
         now = self.clock.now()
         for report in await self.journal.query(_open_reports):
-            if (
-                report.state in ("open", "dispatched")
-                and report.on_scene_at is None
-                and report.overdue_at is None
-                and parse_rfc3339(report.respond_by) <= now
-            ):
-                await self._change(None, report.report_id, "overdue", _mark_overdue)
+            if _waiting_past(report, now):
+                # Checked again inside the write: a guard may have marked it on scene,
+                # resolved or cancelled it since the query (then nothing is recorded).
+                with contextlib.suppress(ReportRefused, KeyError):
+                    await self._change(None, report.report_id, "overdue", _mark_overdue)
 
     # ---- taking a report ---------------------------------------------------------
 
@@ -163,12 +162,19 @@ class ReportBook:
         """Record a report; the guard who takes it owns it (首问负责制)."""
         self.validate(new)
         typed = find_phones(new.description)
-        if typed:  # a number typed into the description is the resident's: keep it apart
+        if typed:  # numbers typed into the description are the resident's: keep them apart
+            phones = ([new.contact_phone] if new.contact_phone else []) + typed
             new = replace(
                 new,
                 description=scrub_phones(new.description),
-                contact_phone=new.contact_phone or typed[0],
+                contact_phone=", ".join(dict.fromkeys(phones)),
             )
+        new = replace(
+            new,
+            building=_scrubbed(new.building),
+            unit=_scrubbed(new.unit),
+            area=_scrubbed(new.area),
+        )
         now = self.clock.now()
         stamp = to_rfc3339(now)
         category = self.settings.category(new.category)
@@ -249,6 +255,7 @@ class ReportBook:
 
     async def dispatch(self, who: Principal, report_id: str, to: str, note: str | None) -> Report:
         """Someone (a named engineer, a team) is sent: they become the handler."""
+        to = scrub_phones(to)  # a phone typed with the name stays on the phone
 
         def apply(report: Report, now: str) -> None:
             _require(report, "be dispatched", "open", "dispatched", "on_scene")
@@ -284,9 +291,10 @@ class ReportBook:
             _require(report, "be followed up (only once resolved)", "resolved")
             report.follow_up_result = result
             report.follow_up_at = now
-            if result == "unsatisfied":
+            if result == "unsatisfied":  # more work, then a new call (the timeline keeps this one)
                 report.state = "dispatched" if report.handler else "open"
                 report.resolved_at = None
+                report.follow_up_result = report.follow_up_at = None
 
         what = "reopened" if result == "unsatisfied" else "followed_up"
         return await self._change(who, report_id, what, apply, note=_join(result, note))
@@ -310,7 +318,8 @@ class ReportBook:
         """A duplicate or withdrawn report; a supervisor's decision, with a reason."""
 
         def apply(report: Report, now: str) -> None:
-            _must_be_open(report)
+            # Once someone went, the report counts (on time or late): it is closed, not cancelled.
+            _require(report, "be cancelled (only before anyone is on scene)", "open", "dispatched")
             report.state = "cancelled"
             report.closed_at = now
             report.supervisor = who.name
@@ -395,6 +404,8 @@ class ReportBook:
         now = self.clock.now()
         stamp = to_rfc3339(now)
         by = who.name if who else GATEWAY
+        # Free text goes to every screen, the audit trail and central: no phone numbers.
+        to, note = _scrubbed(to), _scrubbed(note)
 
         def op(conn: sqlite3.Connection) -> Report:
             report = _load(conn, report_id)
@@ -464,8 +475,24 @@ class ReportBook:
             self.on_incident()
 
 
+def _waiting_past(report: Report, now: datetime) -> bool:
+    """Nobody on scene yet, the commitment passed, and not yet marked overdue."""
+    return (
+        report.state in ("open", "dispatched")
+        and report.on_scene_at is None
+        and report.overdue_at is None
+        and parse_rfc3339(report.respond_by) <= now
+    )
+
+
 def _mark_overdue(report: Report, now: str) -> None:
+    if not _waiting_past(report, parse_rfc3339(now)):
+        raise ReportRefused(f"{report.report_id} is no longer waiting past its commitment")
     report.overdue_at = now
+
+
+def _scrubbed(text: str | None) -> str | None:
+    return None if text is None else scrub_phones(text)
 
 
 def _resolved(report: Report, now: str) -> None:

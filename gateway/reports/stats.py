@@ -72,7 +72,7 @@ def monthly_summary(reports: Iterable[Report], month: str, now: datetime) -> dic
         minutes = [
             (reached - parse_rfc3339(r.created_at)).total_seconds() / 60
             for r in mine
-            if (reached := reached_at(r)) is not None
+            if r.state != "cancelled" and (reached := reached_at(r)) is not None
         ]
         rows.append(
             {

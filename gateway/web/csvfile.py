@@ -1,5 +1,9 @@
 """CSV files for the site office: UTF-8 with a byte-order mark, because Excel
-(what the office opens them with) shows Chinese headers as mojibake without one."""
+(what the office opens them with) shows Chinese headers as mojibake without one.
+
+Text typed on site (a place, a note) that starts like a formula (``=``, ``+``,
+``-``, ``@``) would run as one in Excel: such a cell gets a leading apostrophe,
+which Excel shows as text and does not display."""
 
 from __future__ import annotations
 
@@ -14,5 +18,13 @@ def excel_csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
-    writer.writerows(["" if cell is None else cell for cell in row] for row in rows)
+    writer.writerows([_cell(cell) for cell in row] for row in rows)
     return ("\ufeff" + out.getvalue()).encode("utf-8")
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

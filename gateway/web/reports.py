@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import Principal
 from gateway.clock import parse_rfc3339
@@ -54,7 +54,8 @@ class ReportIn(BaseModel):
     reporter_kind: Literal["resident", "tenant", "visitor", "staff", "anonymous"] = "resident"
     contact_name: str | None = Field(default=None, min_length=1, max_length=40)
     contact_phone: str | None = Field(default=None, pattern=r"^\+?[0-9][0-9 ()-]{2,19}$")
-    agreed_time: AwareDatetime | None = None
+    agreed_time: datetime | None = None
+    """With an offset, or without one: then it is site time (what the guard agreed)."""
 
 
 class ToIn(BaseModel):
@@ -157,7 +158,10 @@ def create_report_router(book: ReportBook | None, zone: ZoneInfo) -> APIRouter:
         who: Principal = Depends(require("reports.write")),  # noqa: B008
     ) -> dict[str, Any]:
         """Take a report down; the guard who does owns it (首问负责制)."""
-        new = NewReport(**body.model_dump())
+        fields = body.model_dump()
+        if body.agreed_time is not None and body.agreed_time.tzinfo is None:
+            fields["agreed_time"] = body.agreed_time.replace(tzinfo=zone)
+        new = NewReport(**fields)
         try:
             reports().validate(new)
         except ValueError as exc:
@@ -206,9 +210,11 @@ def create_report_router(book: ReportBook | None, zone: ZoneInfo) -> APIRouter:
     @router.get("/{report_id}/contact")
     async def contact(
         report_id: str,
+        response: Response,
         who: Principal = Depends(require("reports.contact")),  # noqa: B008
     ) -> dict[str, Any]:
         """The resident's name and phone, unmasked: supervisors only, every view audited."""
+        response.headers["Cache-Control"] = "no-store"  # never kept by a browser or proxy
         try:
             return {"report_id": report_id, **await reports().contact(who, report_id)}
         except KeyError:
@@ -315,16 +321,22 @@ def _export(
             ["周一 week of", "类别 category", "报事数 reports"],
             [[w["week"], w["category"], w["reports"]] for w in weekly],
         )
+
+    def local(stamp: str | None) -> str | None:
+        """Site time, as the office reads it (2026-11-23 10:05)."""
+        return parse_rfc3339(stamp).astimezone(zone).strftime("%Y-%m-%d %H:%M") if stamp else None
+
     return excel_csv(
         ["编号 id", "时间 reported", "类别 category", "子类 subcategory", "紧急程度 urgency",
          "位置 location", "状态 state", "应到场 respond by", "到场 on scene", "按时 on time",
          "首问 owner", "处理人 handler", "主管 supervisor", "回访 follow-up", "关闭 closed",
          "工单号 ticket"],
         [
-            [v["report_id"], v["created_at"], v["category_name"], v["subcategory_name"],
-             v["urgency"], v["location"], v["state"], v["respond_by"], v["on_scene_at"],
-             {True: "是 yes", False: "否 no", None: ""}[v["on_time"]], v["owner"], v["handler"],
-             v["supervisor"], v["follow_up_result"] or "", v["closed_at"], v["ticket_no"]]
+            [v["report_id"], local(v["created_at"]), v["category_name"], v["subcategory_name"],
+             v["urgency"], v["location"], v["state"], local(v["respond_by"]),
+             local(v["on_scene_at"]), {True: "是 yes", False: "否 no", None: ""}[v["on_time"]],
+             v["owner"], v["handler"], v["supervisor"], v["follow_up_result"] or "",
+             local(v["closed_at"]), v["ticket_no"]]
             for v in views
         ],
     )  # fmt: skip

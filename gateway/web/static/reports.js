@@ -65,7 +65,9 @@ async function submitReport(event) {
     contact_phone: formValue("r-contact-phone"),
   };
   const agreed = formValue("r-agreed");
-  if (urgency === "P3" && agreed) body.agreed_time = new Date(agreed).toISOString();
+  // The agreed time is site time as typed; the gateway reads it in the site's zone
+  // (this PC's own clock zone may differ).
+  if (urgency === "P3" && agreed) body.agreed_time = agreed;
   const error = $("form-error");
   const result = await api("POST", "/api/v1/reports", body);
   if (!result.ok) {
