@@ -3,8 +3,9 @@
 A site engineer keeps passwords and tokens out of the TOML that gets copied
 around: ``token = "env:CENTRAL_TOKEN"`` reads the environment,
 ``password = "file:/etc/gateway/mqtt.pass"`` reads a file (relative paths are
-relative to the site file). The value is held as a pydantic ``SecretStr``, which
-prints as ``**********`` in logs, errors, reprs and API output.
+relative to the site file; a file other users may read is refused). The value
+is held as a pydantic ``SecretStr``, which prints as ``**********`` in logs,
+errors, reprs and API output.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def resolve_secret(reference: str, base_dir: Path) -> SecretStr:
         path = Path(reference[5:])
         if not path.is_absolute():
             path = base_dir / path
+        _check_private(path)
         try:
             value = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
@@ -40,3 +42,20 @@ def resolve_secret(reference: str, base_dir: Path) -> SecretStr:
             raise ValueError(f"secret file {path} is empty")
         return SecretStr(value)
     return SecretStr(reference)
+
+
+def _check_private(path: Path) -> None:
+    """A secret file others can read is a leaked secret: refuse it, as ssh does a key.
+
+    Allowed: owner read/write, and group read (``0640``, for a root-owned file the
+    service reads through its group); nothing for other users, no group write.
+    """
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return  # reading it reports why
+    if mode & 0o027:
+        raise ValueError(
+            f"secret file {path} is open to other users (mode {mode:04o}): "
+            f"chmod 600 {path} (or 640 with the gateway's group)"
+        )

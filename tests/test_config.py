@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,28 @@ def tree(directory: Path) -> dict[str, bytes]:
 # ---- loading valid files ------------------------------------------------------------
 
 
+def write_secret(path: Path, text: str) -> None:
+    """A secret file as a site keeps it: readable by its owner only."""
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+
+
+@pytest.fixture
+def private_example_secrets() -> Iterator[None]:
+    """The example's secret files as a site keeps them (git checks them out 0644,
+    which the gateway refuses: see test_a_secret_file_others_can_read_is_refused)."""
+    files = sorted((EXAMPLE.parent / "secrets").iterdir())
+    modes = {f: f.stat().st_mode & 0o777 for f in files}
+    for f in files:
+        f.chmod(0o600)
+    try:
+        yield
+    finally:
+        for f, mode in modes.items():
+            f.chmod(mode)
+
+
+@pytest.mark.usefixtures("private_example_secrets")
 def test_example_site_file_loads() -> None:
     config = load_site_config(EXAMPLE)
     assert config.source == EXAMPLE
@@ -730,7 +753,7 @@ def test_file_secret_is_relative_to_the_site_file(
 ) -> None:
     site_dir = tmp_path / "site"
     (site_dir / "secrets").mkdir(parents=True)
-    (site_dir / "secrets" / "mqtt.pass").write_text(f"  {SECRET}\n", encoding="utf-8")
+    write_secret(site_dir / "secrets" / "mqtt.pass", f"  {SECRET}\n")
     path = write_site(site_dir, site_text('[mqtt]\npassword = "file:secrets/mqtt.pass"\n'))
     monkeypatch.chdir(tmp_path)
     config = load_site_config(path)
@@ -741,7 +764,7 @@ def test_file_secret_is_relative_to_the_site_file(
 def test_file_secret_with_absolute_path(tmp_path: Path) -> None:
     secret_file = tmp_path / "elsewhere" / "signing.key"
     secret_file.parent.mkdir()
-    secret_file.write_text(SECRET, encoding="utf-8")
+    write_secret(secret_file, SECRET)
     path = write_site(
         tmp_path / "site", site_text(sync(more=f'signing_secret = "file:{secret_file}"\n'))
     )
@@ -765,6 +788,22 @@ def test_missing_env_variable_is_named(tmp_path: Path, monkeypatch: pytest.Monke
     )
 
 
+def test_a_secret_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "mqtt.pass"
+    secret.write_text(SECRET, encoding="utf-8")
+    path = write_site(tmp_path, site_text('[mqtt]\npassword = "file:mqtt.pass"\n'))
+    for mode in (0o644, 0o604, 0o660):
+        secret.chmod(mode)
+        assert the_problem(path) == (
+            f"{path}: mqtt.password: secret file {secret} is open to other users "
+            f"(mode {mode:04o}): chmod 600 {secret} (or 640 with the gateway's group)"
+        )
+    for mode in (0o600, 0o640, 0o400):
+        secret.chmod(mode)
+        config = load_site_config(path)
+        assert config.mqtt is not None and config.mqtt.password is not None
+
+
 def test_missing_secret_file_is_named(tmp_path: Path) -> None:
     path = write_site(tmp_path, site_text('[mqtt]\npassword = "file:secrets/nope.pass"\n'))
     assert the_problem(path) == (
@@ -779,7 +818,7 @@ def test_empty_secrets_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert the_problem(path) == (
         f"{path}: sync.token: environment variable GW_TEST_EMPTY_VAR is not set or empty"
     )
-    (tmp_path / "empty.pass").write_text("\n", encoding="utf-8")
+    write_secret(tmp_path / "empty.pass", "\n")
     path = write_site(tmp_path, site_text('[mqtt]\npassword = "file:empty.pass"\n'))
     assert the_problem(path) == (
         f"{path}: mqtt.password: secret file {tmp_path / 'empty.pass'} is empty"
@@ -801,7 +840,7 @@ def test_secret_never_appears_in_the_loaded_config(
 ) -> None:
     env_secret, file_secret, literal_secret = SECRET + "-env", SECRET + "-file", SECRET + "-lit"
     monkeypatch.setenv("GW_TEST_MQTT_PASSWORD", env_secret)
-    (tmp_path / "token").write_text(file_secret, encoding="utf-8")
+    write_secret(tmp_path / "token", file_secret)
     text = site_text(
         '[mqtt]\npassword = "env:GW_TEST_MQTT_PASSWORD"\n'
         + sync('"file:token"', more=f'signing_secret = "{literal_secret}"\n')
@@ -888,7 +927,7 @@ def test_resolved_secrets_stay_hidden_when_the_file_has_other_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GW_TEST_MQTT_PASSWORD", SECRET)
-    (tmp_path / "token").write_text(SECRET, encoding="utf-8")
+    write_secret(tmp_path / "token", SECRET)
     text = site_text(
         '[mqtt]\npassword = "env:GW_TEST_MQTT_PASSWORD"\nport = -1\n'
         + sync('"file:token"', more='transport = "smtp"\n')
@@ -924,14 +963,16 @@ def test_hash_token_prints_the_sha256_that_users_need(tmp_path: Path) -> None:
 # ---- gateway check-config --------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("private_example_secrets")
 def test_check_config_accepts_the_example() -> None:
-    config = load_site_config(EXAMPLE)
+    example = EXAMPLE
+    config = load_site_config(example)
     d = config.devices
-    result = run_cli("check-config", str(EXAMPLE))
+    result = run_cli("check-config", str(example))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert result.stdout == (
-        f"{EXAMPLE}: ok — site yiyuan-hefei (颐园世家), {len(config.links)} links, "
+        f"{example}: ok — site yiyuan-hefei (颐园世家), {len(config.links)} links, "
         f"{len(d.meters)} meters, {len(d.io_modules)} I/O modules, "
         f"{len(d.access_points)} access points, {len(d.patrol_wands)} patrol wands, "
         f"{len(config.users)} users\n"
