@@ -93,7 +93,7 @@ def test_a_report_through_its_closed_loop_on_the_page(tmp_path: Path, browser: o
     assert (SHOTS / "reports-1920x1080.png").stat().st_size > 10_000
 
 
-def test_the_handover_record_lists_open_reports_with_their_owners(tmp_path: Path) -> None:
+def test_the_handover_record_lists_open_reports_and_the_shifts_audit(tmp_path: Path) -> None:
     site = write_site(tmp_path / "site")
     with running(site):
         body = {
@@ -112,3 +112,15 @@ def test_the_handover_record_lists_open_reports_with_their_owners(tmp_path: Path
         [line] = record["open_reports"]
         assert line["report_id"] == taken["report_id"] and line["owner"] == "guard1"
         assert line["location"] == "地下车库B区" and line["kind"] == "安全·可疑人员"
+        # the shift's audit trail travels with the record, each row in one record only
+        assert [(a["action"], a["target"]) for a in record["audit"]] == [
+            ("reports.reported", taken["report_id"])
+        ]
+        following = httpx.post(
+            f"{site.url}/api/v1/handovers", json={}, headers=site.headers("guard")
+        ).json()
+        assert [a["action"] for a in following["audit"]] == ["handover.create"]
+        page = httpx.get(
+            f"{site.url}/api/v1/handovers/{record['id']}", headers=site.headers("guard")
+        )
+        assert page.json()["audit"] == record["audit"]

@@ -13,7 +13,7 @@ import pytest
 from gateway.auth import Principal, TokenRegistry, hash_token
 from gateway.config import User
 from gateway.web.i18n import STRINGS, strings
-from gateway.web.screen import mask_card, mask_plate, masked
+from gateway.web.masking import mask_card, mask_plate, masked
 from gateway.web.sessions import MAX_FAILURES, LoginRefused, SessionStore
 from tests.harness.site import GatewayProcess, Site, write_site
 

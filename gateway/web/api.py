@@ -26,6 +26,7 @@ from gateway.journal.queries import EventFilter, query_events
 from gateway.journal.store import Journal
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.supervisor import PartHealth, PartState
+from gateway.web.masking import masked, sees_in_full
 from gateway.web.security import require
 from gateway.web.sessions import SessionStore
 
@@ -122,7 +123,7 @@ def create_api(ctx: ApiContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
 
     @app.get("/api/v1/events", tags=["events"])
     async def list_events(
-        _: Principal = Depends(require("events.read")),  # noqa: B008
+        who: Principal = Depends(require("events.read")),  # noqa: B008
         kind: str | None = None,
         device: str | None = None,
         since: Annotated[AwareDatetime | None, Query(description="RFC 3339, inclusive")] = None,
@@ -133,11 +134,14 @@ def create_api(ctx: ApiContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
-        """Recent events by kind, device and receive-time range, paged by cursor."""
+        """Recent events by kind, device and receive-time range, paged by cursor;
+        card numbers and plates masked except for supervisors and admins."""
         flt = EventFilter(kind, device, since, until, order, cursor, limit)
         events = await ctx.journal.query(lambda conn: query_events(conn, flt))
+        for event in events:
+            event["payload"] = masked(event["payload"], who)
         next_cursor = events[-1]["seq"] if len(events) == limit else None
-        return {"events": events, "next": next_cursor}
+        return {"events": events, "next": next_cursor, "masked": not sees_in_full(who)}
 
     @app.post("/api/v1/events", tags=["events"], response_model=SubmitResult)
     async def submit_events(

@@ -2,7 +2,8 @@
 
 The outgoing guard presses one button: the gateway freezes the equipment
 state, the unresolved alarms and incidents (with central's ticket numbers),
-the open guard-room reports with their owners,
+the open guard-room reports with their owners, the shift's audit trail (every
+privileged action since the previous record),
 car parks, sync, the guard's notes and the staffing into a record, signed by
 that guard's login. The incoming guard signs it with their own login (not the
 same person: the outgoing guard does not leave until relieved). Both steps
@@ -55,7 +56,30 @@ def _alarm_line(view: dict[str, Any]) -> dict[str, Any]:
     return line
 
 
+AUDIT_ROWS_MAX = 1000
+
+
+def _attach_audit(conn: sqlite3.Connection, record: dict[str, Any]) -> None:
+    """The shift's audit trail (every row since the previous record), in the record:
+    who did what privileged during the shift travels with the handover."""
+    last = conn.execute(
+        "SELECT body FROM handovers ORDER BY created_at DESC, rowid DESC LIMIT 1"
+    ).fetchone()
+    since = int(json.loads(last[0]).get("audit_through", 0)) if last else 0
+    rows = conn.execute(
+        "SELECT seq, at, who, role, action, target, reason FROM audit WHERE seq > ? "
+        "ORDER BY seq LIMIT ?",
+        (since, AUDIT_ROWS_MAX + 1),
+    ).fetchall()
+    keys = ("seq", "at", "who", "role", "action", "target", "reason")
+    record["audit"] = [dict(zip(keys, tuple(r), strict=True)) for r in rows[:AUDIT_ROWS_MAX]]
+    record["audit_truncated"] = len(rows) > AUDIT_ROWS_MAX
+    through = record["audit"][-1]["seq"] if record["audit"] else since
+    record["audit_through"] = through
+
+
 def _store(conn: sqlite3.Connection, record: dict[str, Any], who: Principal) -> None:
+    _attach_audit(conn, record)
     conn.execute(
         "INSERT INTO handovers (id, created_at, outgoing, body) VALUES (?, ?, ?, ?)",
         (
@@ -185,7 +209,7 @@ class Handovers:
             "notes": notes,
             "staffing": staffing,
         }
-        await self.journal.write(lambda conn: _store(conn, record, who))
+        await self.journal.write(lambda conn: _store(conn, record, who))  # adds the audit
         return {**record, "incoming": None, "signed_at": None}
 
 

@@ -209,6 +209,13 @@ STRINGS: Mapping[str, tuple[str, str]] = {
     "handover_equipment": ("设备状态", "Equipment state"),
     "handover_unresolved": ("未处理完的报警", "Unresolved alarms"),
     "handover_incidents": ("未结工单", "Open incidents"),
+    "handover_audit": ("本班操作留痕", "Audit trail of the shift"),
+    "handover_audit_who": ("操作人", "Who"),
+    "handover_audit_action": ("操作", "Action"),
+    "handover_audit_more": (
+        "本班操作超过1000条,完整记录见 /api/v1/audit",
+        "More than 1,000 actions this shift; the full trail is at /api/v1/audit",
+    ),
     "handover_created_at": ("生成时间", "Made at"),
     # the guard's patrol page (phone)
     "patrol_title": ("巡更打卡", "Patrol"),

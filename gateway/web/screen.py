@@ -32,36 +32,12 @@ from gateway.parking import cars_by_hour, occupancy
 from gateway.patrol.tracker import PatrolTracker
 from gateway.sync.central_state import outage_notices
 from gateway.sync.side import SyncSide
+from gateway.web.masking import masked, sees_in_full
 from gateway.web.security import require
 
 FEED_KINDS = tuple(
     k for k in EVENT_KINDS if k.startswith(("access.", "door.", "vehicle.", "barrier."))
 )
-_SEE_IN_FULL = frozenset({"supervisor", "admin"})
-
-
-def mask_card(card: str) -> str:
-    """``12345678`` → ``****5678``: enough to tell cards apart, not to copy one."""
-    return "*" * max(0, len(card) - 4) + card[-4:]
-
-
-def mask_plate(plate: str) -> str:
-    """``皖A12345`` → ``皖A***45``: province and city, the last two characters."""
-    if len(plate) <= 4:
-        return plate[:1] + "*" * (len(plate) - 1)
-    return plate[:2] + "*" * (len(plate) - 4) + plate[-2:]
-
-
-def masked(payload: dict[str, Any], principal: Principal) -> dict[str, Any]:
-    if principal.role in _SEE_IN_FULL:
-        return payload
-    shown = dict(payload)
-    if isinstance(shown.get("card"), str):
-        shown["card"] = mask_card(shown["card"])
-    if isinstance(shown.get("plate"), str):
-        shown["plate"] = mask_plate(shown["plate"])
-    shown.pop("vendor", None)  # the raw payload repeats what was just masked
-    return shown
 
 
 def _feed(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
@@ -223,6 +199,6 @@ def create_screen_router(site: SiteStatus) -> APIRouter:
         events = await journal.query(lambda conn: _feed(conn, limit))
         for event in events:
             event["payload"] = masked(event["payload"], who)
-        return {"events": events, "masked": who.role not in _SEE_IN_FULL}
+        return {"events": events, "masked": not sees_in_full(who)}
 
     return router
