@@ -8,8 +8,10 @@ input is refused with a reason; statistics and the CSV."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -148,6 +150,8 @@ def test_the_loop_is_enforced_with_readable_refusals(site: Site) -> None:
         ({"subcategory": "noise"}, "sub-category 'noise' is not one of 'repair'"),
         ({"building": None}, "say where"),
         ({"agreed_time": "2030-01-01T09:00:00+08:00"}, "agree times for P3"),
+        ({"urgency": "P3", "agreed_time": "2099-01-01T09:00"}, "within 31 days"),
+        ({"urgency": "P3", "agreed_time": "0001-01-01T00:00:00+08:00"}, "out of range"),
         ({"urgency": "P0"}, "urgency"),
         ({"contact_phone": "call me"}, "contact_phone"),
         ({"description": ""}, "description"),
@@ -180,23 +184,24 @@ def test_agreed_time_is_site_time_and_the_csv_is_safe_for_excel(site: Site) -> N
     """A time typed without an offset is the site's (Asia/Shanghai here), whatever
     the guard PC's zone; the register shows site time; a place typed like a formula
     stays text in Excel; the contact view is never cached."""
+    tomorrow = (datetime.now(ZoneInfo("Asia/Shanghai")) + timedelta(days=1)).date()
     later = {
         **LEAK,
         "urgency": "P3",
         "building": None,
         "unit": None,
         "area": '=HYPERLINK("http://x")',
-        "agreed_time": "2099-01-02T09:30",
+        "agreed_time": f"{tomorrow.isoformat()}T09:30",
     }
     taken = api(site, "guard", "POST", "", later)
     assert taken.status_code == 201, taken.text
     report = taken.json()
-    assert report["respond_by"].startswith("2099-01-02T01:30:00")
+    assert report["respond_by"].startswith(f"{tomorrow.isoformat()}T01:30:00")
     day = report["report_id"].split("-")[1]  # the site's day
     month = f"{day[:4]}-{day[4:6]}"
     text = api(site, "guard", "GET", f"/export.csv?month={month}").text
     assert "'=HYPERLINK" in text and ",=HYPERLINK" not in text
     row = next(line for line in text.splitlines() if report["report_id"] in line)
-    assert "2099-01-02 09:30" in row
+    assert f"{tomorrow.isoformat()} 09:30" in row
     contact = api(site, "supervisor", "GET", f"/{report['report_id']}/contact")
     assert contact.headers["cache-control"] == "no-store"

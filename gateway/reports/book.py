@@ -54,6 +54,7 @@ CURSOR = "reports.cursor"
 CENTRAL = "central"
 GATEWAY = "gateway"
 _WAITING = ("open", "dispatched", "on_scene")
+AGREED_WITHIN = timedelta(days=31)
 
 
 class ReportRefused(Exception):
@@ -155,8 +156,11 @@ class ReportBook:
         if new.agreed_time is not None:
             if self.settings.commitments[new.urgency].on_scene_min is not None:
                 raise ValueError(f"{new.urgency} has a fixed time to scene; agree times for P3")
-            if new.agreed_time <= self.clock.now():
+            now = self.clock.now()
+            if new.agreed_time <= now:
                 raise ValueError("the agreed time has already passed")
+            if new.agreed_time > now + AGREED_WITHIN:
+                raise ValueError("agree a time within 31 days (a later job is planned work)")
 
     async def create(self, who: Principal, new: NewReport) -> Report:
         """Record a report; the guard who takes it owns it (首问负责制)."""

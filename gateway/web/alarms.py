@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.alarms.engine import AlarmEngine, AlarmRefused
 from gateway.alarms.kpis import per_hour, shift_kpis, shift_window
@@ -28,6 +28,7 @@ from gateway.auth import Principal
 from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.errors import JournalError
 from gateway.sync.central_state import tickets
+from gateway.web.params import UtcDatetime
 from gateway.web.security import require
 
 KEEPALIVE_S = 15.0
@@ -68,8 +69,8 @@ class OutageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     utility: Literal["electricity", "water", "gas"]
     scope: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(min_length=1)
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime
+    starts_at: UtcDatetime
+    ends_at: UtcDatetime
     reason: str = Field(min_length=2, max_length=500)
 
 

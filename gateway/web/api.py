@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import __version__
 from gateway.audit import recent_audit, record_audit
@@ -27,6 +27,7 @@ from gateway.journal.store import Journal
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.supervisor import PartHealth, PartState
 from gateway.web.masking import masked, sees_in_full
+from gateway.web.params import Seq, UtcDatetime
 from gateway.web.security import require
 from gateway.web.sessions import SessionStore
 
@@ -56,7 +57,7 @@ class EventIn(BaseModel):
     id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     kind: Annotated[str, Field(min_length=3, max_length=100)]
     device: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    device_time: AwareDatetime | None = None
+    device_time: UtcDatetime | None = None
     payload: dict[str, Any] = {}
 
 
@@ -126,12 +127,10 @@ def create_api(ctx: ApiContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
         who: Principal = Depends(require("events.read")),  # noqa: B008
         kind: str | None = None,
         device: str | None = None,
-        since: Annotated[AwareDatetime | None, Query(description="RFC 3339, inclusive")] = None,
-        until: Annotated[AwareDatetime | None, Query(description="RFC 3339, exclusive")] = None,
+        since: Annotated[UtcDatetime | None, Query(description="RFC 3339, inclusive")] = None,
+        until: Annotated[UtcDatetime | None, Query(description="RFC 3339, exclusive")] = None,
         order: Literal["asc", "desc"] = "desc",
-        cursor: Annotated[
-            int | None, Query(ge=0, description="'next' of the previous page")
-        ] = None,
+        cursor: Annotated[Seq | None, Query(description="'next' of the previous page")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """Recent events by kind, device and receive-time range, paged by cursor;
@@ -181,7 +180,7 @@ def create_api(ctx: ApiContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
     @app.get("/api/v1/audit", tags=["audit"])
     async def list_audit(
         _: Principal = Depends(require("audit.read")),  # noqa: B008
-        before: Annotated[int | None, Query(ge=0)] = None,
+        before: Annotated[Seq | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """The audit trail, newest first."""

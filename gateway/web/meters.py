@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi import Path as PathParam
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.audit import record_audit
 from gateway.auth import Principal
@@ -30,6 +30,7 @@ from gateway.journal.queries import EventFilter, query_events
 from gateway.journal.store import Journal
 from gateway.meters.book import MeterBook, UnknownMeter
 from gateway.meters.vee import InvalidReading
+from gateway.web.params import Seq, UtcDatetime
 from gateway.web.security import require
 
 PERIOD = r"^\d{4}-(0[1-9]|1[0-2])$"
@@ -39,7 +40,7 @@ class ManualReadingIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     register_: str = Field(alias="register", min_length=1)
     value: float = Field(allow_inf_nan=False)
-    read_at: AwareDatetime | None = None
+    read_at: UtcDatetime | None = None
     reason: str = Field(min_length=2, max_length=500)
     photo_ref: str | None = Field(default=None, max_length=500)
 
@@ -49,7 +50,7 @@ class ReplacementIn(BaseModel):
     register_: str = Field(alias="register", min_length=1)
     old_final: float = Field(allow_inf_nan=False)
     new_initial: float = Field(allow_inf_nan=False)
-    at: AwareDatetime | None = None
+    at: UtcDatetime | None = None
     reason: str = Field(min_length=2, max_length=500)
 
 
@@ -104,9 +105,9 @@ def create_meter_router(
     async def meter_readings(
         meter: str,
         _: Principal = Depends(require("meters.read")),  # noqa: B008
-        since: AwareDatetime | None = None,
-        until: AwareDatetime | None = None,
-        cursor: Annotated[int | None, Query(ge=0)] = None,
+        since: UtcDatetime | None = None,
+        until: UtcDatetime | None = None,
+        cursor: Annotated[Seq | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """A meter's readings (newest first) over a receive-time range."""

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.alarms.kpis import shift_window
 from gateway.auth import Principal
@@ -33,6 +33,7 @@ from gateway.journal.store import Journal
 from gateway.patrol.model import PatrolSettings
 from gateway.patrol.tracker import PatrolTracker, last_scans, round_report
 from gateway.web.csvfile import excel_csv
+from gateway.web.params import UtcDatetime
 from gateway.web.security import require
 
 ScanId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
@@ -52,8 +53,8 @@ class ScanIn(BaseModel):
     sig: str | None = Field(default=None, max_length=64)
     tag: str | None = Field(default=None, max_length=64)
     code: str | None = Field(default=None, max_length=16)
-    scanned_at: AwareDatetime
-    sent_at: AwareDatetime
+    scanned_at: UtcDatetime
+    sent_at: UtcDatetime
     """The phone's clock when it sent this (after an offline queue: later than scanned_at)."""
 
 
@@ -72,16 +73,16 @@ class ReportIn(BaseModel):
     checkpoint: str | None = Field(default=None, max_length=64)
     photo: str | None = Field(default=None, max_length=3 * 1024 * 1024)
     """A data URL (``data:image/jpeg;base64,…``) of at most 2 MiB of image."""
-    reported_at: AwareDatetime
-    sent_at: AwareDatetime
+    reported_at: UtcDatetime
+    sent_at: UtcDatetime
 
 
 class PanicIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     panic_id: ScanId
     silent: bool = False
-    pressed_at: AwareDatetime
-    sent_at: AwareDatetime
+    pressed_at: UtcDatetime
+    sent_at: UtcDatetime
 
 
 def create_patrol_router(

@@ -10,7 +10,7 @@ supervisors only, and every view of it is audited (客户档案管理制度).
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -37,6 +37,8 @@ from gateway.web.csvfile import excel_csv
 from gateway.web.security import require
 
 Short = Annotated[str, Field(min_length=1, max_length=64)]
+MONTH = r"^(19[7-9]\d|2\d{3})-(0[1-9]|1[0-2])$"
+"""A month of reports, 1970-01 to 2999-12."""
 
 
 class ReportIn(BaseModel):
@@ -159,8 +161,14 @@ def create_report_router(book: ReportBook | None, zone: ZoneInfo) -> APIRouter:
     ) -> dict[str, Any]:
         """Take a report down; the guard who does owns it (首问负责制)."""
         fields = body.model_dump()
-        if body.agreed_time is not None and body.agreed_time.tzinfo is None:
-            fields["agreed_time"] = body.agreed_time.replace(tzinfo=zone)
+        if body.agreed_time is not None:
+            agreed = body.agreed_time
+            try:  # without an offset it is site time; stored as UTC
+                fields["agreed_time"] = (
+                    agreed.replace(tzinfo=zone) if agreed.tzinfo is None else agreed
+                ).astimezone(UTC)
+            except OverflowError:
+                raise HTTPException(422, "agreed_time is out of range") from None
         new = NewReport(**fields)
         try:
             reports().validate(new)
@@ -170,7 +178,7 @@ def create_report_router(book: ReportBook | None, zone: ZoneInfo) -> APIRouter:
 
     @router.get("/stats")
     async def stats(
-        month: Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")],
+        month: Annotated[str, Query(pattern=MONTH)],
         _: Principal = Depends(require("reports.read")),  # noqa: B008
     ) -> dict[str, Any]:
         """One month: on-time rate per urgency, follow-up rate, time to scene; per week
@@ -182,7 +190,7 @@ def create_report_router(book: ReportBook | None, zone: ZoneInfo) -> APIRouter:
 
     @router.get("/export.csv")
     async def export(
-        month: Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")],
+        month: Annotated[str, Query(pattern=MONTH)],
         table: Literal["register", "summary", "weekly"] = "register",
         _: Principal = Depends(require("reports.read")),  # noqa: B008
     ) -> Response:
