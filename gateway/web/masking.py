@@ -3,8 +3,8 @@
 A resident's comings and goings are personal data (../shared/DOMAIN.md, records
 and confidentiality): guards and central see ``****5678`` and ``皖A***45``, enough
 to tell cards and cars apart, not to copy a card or follow a car; supervisors
-and admins see them in full. The raw vendor payload repeats both, so it is left
-out for the others.
+and admins see them in full. The device's own message (``raw``, kept beside the
+normalised event) repeats both, so it is left out for the others.
 """
 
 from __future__ import annotations
@@ -41,5 +41,5 @@ def masked(payload: dict[str, Any], principal: Principal) -> dict[str, Any]:
         shown["card"] = mask_card(shown["card"])
     if isinstance(shown.get("plate"), str):
         shown["plate"] = mask_plate(shown["plate"])
-    shown.pop("vendor", None)  # the raw payload repeats what was just masked
+    shown.pop("raw", None)  # the device's own message repeats what was just masked
     return shown
