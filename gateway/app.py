@@ -29,7 +29,7 @@ from gateway.alarms.service import AlarmService
 from gateway.auth import TokenRegistry
 from gateway.clock import Clock
 from gateway.config import SiteConfig
-from gateway.errors import GatewayError, JournalClosed, JournalError
+from gateway.errors import GatewayError, JournalClosed, JournalError, JournalWriteError
 from gateway.events import Event
 from gateway.health import DeviceHealth
 from gateway.journal.store import Journal
@@ -37,6 +37,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.patrol.tracker import PatrolTracker
 from gateway.reports.book import ReportBook
 from gateway.sdnotify import notify, watchdog_interval_s
+from gateway.storage import DiskWatch
 from gateway.supervisor import PartFactory, PartHealth, Supervisor
 from gateway.sync.side import SyncSide
 from gateway.web.access import create_access_router
@@ -353,20 +354,36 @@ async def _watchdog(journal: Journal, interval: float) -> None:
 
 
 async def _heartbeat(service: GatewayService, interval: float) -> None:
-    """The heartbeat part: the gateway's own vital signs into the journal."""
+    """The heartbeat part: the gateway's own vital signs into the journal, and the
+    storage alarm's events when free space crosses its line (gateway/storage.py)."""
     journal = service.journal
     assert journal is not None
+    disk = DiskWatch(journal.path.parent, service.config.journal.disk_low_mb)
     started = time.monotonic()
     while True:
         await asyncio.sleep(interval)
-        await journal.submit(
+        free_mb = disk.free_mb()
+        events = [
             Event(
                 "gateway.heartbeat",
                 None,
                 {
                     "uptime_s": round(time.monotonic() - started),
                     "queue_depth": journal.queue_depth,
+                    "disk_free_mb": round(free_mb, 1),
                     "parts": {n: h.state.value for n, h in service.supervisor.health().items()},
                 },
             )
-        )
+        ]
+        change = disk.change(free_mb)
+        if change is not None:
+            detail = {"free_mb": round(free_mb, 1), "low_mb": disk.low_mb, "where": "journal"}
+            events.append(Event(f"gateway.{change}", None, detail))
+        try:
+            await journal.submit_many(events)
+        except JournalWriteError as exc:  # a full disk: try again at the next beat
+            log.error("heartbeat not recorded disk_free_mb=%.1f error=%s", free_mb, exc)
+            continue
+        if change is not None:
+            disk.recorded(change)
+            log.warning("storage %s free_mb=%.1f low_mb=%d", change, free_mb, disk.low_mb)

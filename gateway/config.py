@@ -82,6 +82,9 @@ class SiteInfo(_Section):
 class JournalSettings(_Section):
     path: Path = Field(default=Path("data/journal.db"), validate_default=True)
     max_pending: StrictInt = Field(default=20_000, ge=100, le=1_000_000)
+    disk_low_mb: StrictInt = Field(default=200, ge=1, le=1_000_000)
+    """Free space on the journal's filesystem below which the storage alarm is raised
+    (while there is still room to record it)."""
 
     @field_validator("path")
     @classmethod

@@ -50,6 +50,7 @@ TYPES = {
     "report_overdue_urgent": "P1",
     "report_overdue": "P2",
     "report_overdue_normal": "P3",
+    "storage_low": "P2",
 }
 WITH_INCIDENT = {
     "fire_alarm",

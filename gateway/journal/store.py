@@ -222,6 +222,8 @@ class Journal:
         self._last_seq = self._max_seq()
         self.events_committed = 0
         self.commit_failures = 0
+        self.last_commit_error: str | None = None
+        """Why the latest commit failed (e.g. a full disk); None once one succeeds."""
         self._readers: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._read_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="journal-read")
@@ -355,6 +357,7 @@ class Journal:
                 raise
         except sqlite3.Error as exc:
             self.commit_failures += 1
+            self.last_commit_error = str(exc)
             log.error(
                 "journal commit failed path=%s events=%d ops=%d error=%s",
                 self.path,
@@ -364,6 +367,7 @@ class Journal:
             )
             return JournalWriteError(f"journal {self.path}: commit failed: {exc}")
         elapsed = time.perf_counter() - started
+        self.last_commit_error = None
         # Count what was stored, including events inserted by write() operations
         # (meter readings) and not counting ids that were already there.
         last_seq = self._max_seq()

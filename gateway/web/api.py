@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gateway import __version__
 from gateway.audit import recent_audit, record_audit
@@ -57,7 +57,8 @@ class EventIn(BaseModel):
     id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     kind: Annotated[str, Field(min_length=3, max_length=100)]
     device: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    device_time: UtcDatetime | None = None
+    device_time: AwareDatetime | None = None
+    """Kept with the device's own offset: it is the device's clock, as it said it."""
     payload: dict[str, Any] = {}
 
 
@@ -110,10 +111,12 @@ def create_api(ctx: ApiContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         """Liveness and part health; no token needed (for systemd, load balancers)."""
         parts = ctx.parts()
+        failing = ctx.journal.last_commit_error
         return {
-            "status": _overall(parts),
+            "status": "degraded" if failing else _overall(parts),
             "site": ctx.site_id,
             "intake": "open" if ctx.journal.accepting else "closed",
+            "journal": {"ok": failing is None, "error": failing},
             "parts": {name: p.state.value for name, p in parts.items()},
         }
 
