@@ -27,7 +27,7 @@ from gateway.alarms.plan import load_plan
 from gateway.alarms.rules import Directory
 from gateway.alarms.service import AlarmService
 from gateway.auth import TokenRegistry
-from gateway.clock import Clock
+from gateway.clock import Clock, StepWatch
 from gateway.config import SiteConfig
 from gateway.errors import GatewayError, JournalClosed, JournalError, JournalWriteError
 from gateway.events import Event
@@ -354,11 +354,13 @@ async def _watchdog(journal: Journal, interval: float) -> None:
 
 
 async def _heartbeat(service: GatewayService, interval: float) -> None:
-    """The heartbeat part: the gateway's own vital signs into the journal, and the
-    storage alarm's events when free space crosses its line (gateway/storage.py)."""
+    """The heartbeat part: the gateway's own vital signs into the journal, the
+    storage alarm's events when free space crosses its line (gateway/storage.py),
+    and a ``gateway.clock_step`` when the wall clock was set back or forward."""
     journal = service.journal
     assert journal is not None
     disk = DiskWatch(journal.path.parent, service.config.journal.disk_low_mb)
+    clock = StepWatch()
     started = time.monotonic()
     while True:
         await asyncio.sleep(interval)
@@ -375,6 +377,10 @@ async def _heartbeat(service: GatewayService, interval: float) -> None:
                 },
             )
         ]
+        stepped = clock.step()
+        if stepped is not None:
+            log.warning("clock stepped step_s=%.1f", stepped)
+            events.append(Event("gateway.clock_step", None, {"step_s": round(stepped, 1)}))
         change = disk.change(free_mb)
         if change is not None:
             detail = {"free_mb": round(free_mb, 1), "low_mb": disk.low_mb, "where": "journal"}

@@ -7,6 +7,7 @@ central API, which wants an offset).
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -73,3 +74,29 @@ class ShiftedClock(Clock):
     def jump(self, by: timedelta) -> None:
         """Move the clock (forward, or back: a clock step) at once, for tests."""
         self._start += by
+
+
+class StepWatch:
+    """Notices the wall clock being stepped (set back or forward), as opposed to running.
+
+    Wall time minus monotonic time stays put while the clock runs (NTP slews it by
+    milliseconds); a step changes it at once. Readings, patrol rounds and billing
+    boundaries all hang on the wall clock, so a step is journalled and alarmed.
+    """
+
+    def __init__(
+        self,
+        threshold_s: float = 2.0,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.threshold_s = threshold_s
+        self._wall = wall
+        self._monotonic = monotonic
+        self._offset = wall() - monotonic()
+
+    def step(self) -> float | None:
+        """Seconds the clock was stepped since the last call (negative: back), or None."""
+        offset = self._wall() - self._monotonic()
+        delta, self._offset = offset - self._offset, offset
+        return delta if abs(delta) >= self.threshold_s else None

@@ -51,6 +51,7 @@ TYPES = {
     "report_overdue": "P2",
     "report_overdue_normal": "P3",
     "storage_low": "P2",
+    "clock_step": "P3",
 }
 WITH_INCIDENT = {
     "fire_alarm",

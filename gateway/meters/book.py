@@ -26,6 +26,7 @@ from gateway.meters.readings import CounterReading, reading_event, reading_id
 from gateway.meters.vee import (
     ESTIMATED,
     GOOD,
+    SUSPECT,
     Baseline,
     InvalidReading,
     check_finite,
@@ -110,6 +111,7 @@ class MeterBook:
     ) -> Event:
         """Judge and journal one poll's decoded values; returns the event (committed)."""
         info = self.info(meter)
+        read_at, stepped_back = self._after_last(meter, read_at)
         counters: list[CounterReading] = []
         instant: dict[str, float] = {}
         rejected: list[dict[str, str]] = []
@@ -127,8 +129,8 @@ class MeterBook:
                             spec.name,
                             float(value),
                             spec.unit,
-                            verdict.quality,
-                            verdict.flags,
+                            SUSPECT if stepped_back else verdict.quality,
+                            verdict.flags + (("clock_went_back",) if stepped_back else ()),
                             reading_id(meter, spec.name, read_at, self.zone),
                         )
                     )
@@ -181,6 +183,27 @@ class MeterBook:
                 self._owed[meter].pop(period, None)
                 log.info("period close estimated meter=%s period=%s", meter, period)
         return event
+
+    def _after_last(self, meter: str, read_at: datetime) -> tuple[datetime, bool]:
+        """A poll's time, never at or before the meter's previous reading.
+
+        After the clock steps back (NTP correcting a box that booted with a future
+        time, a reset RTC) a poll would get the time — and so the ``reading_id`` —
+        of an earlier one: central would answer "duplicate" and the value would be
+        lost without a word. The poll is real, its time is not: it is stamped one
+        second after the previous reading and marked suspect (``clock_went_back``),
+        so billing never takes it on trust and nothing is lost.
+        """
+        last = self._last_read.get(meter)
+        if last is None or read_at > last:
+            return read_at, False
+        log.warning(
+            "meter reading time went back meter=%s read_at=%s last=%s",
+            meter,
+            read_at.isoformat(),
+            last.isoformat(),
+        )
+        return last + timedelta(seconds=1), True
 
     def _gap(self, info: MeterInfo, read_at: datetime) -> float | None:
         last = self._last_read.get(info.id)
