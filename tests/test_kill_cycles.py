@@ -168,6 +168,10 @@ def _payloads(site: Site, kind: str) -> list[dict[str, Any]]:
     return [json.loads(str(row[0])) for row in rows]
 
 
+def _journalled_readings(site: Site) -> set[str]:
+    return {r["reading_id"] for p in _payloads(site, "meter.reading") for r in p["readings"]}
+
+
 def _backlog(site: Site) -> int:
     body = httpx.get(f"{site.url}/api/v1/sync", headers=site.headers("guard"), timeout=5).json()
     return int(body["streams"]["meter-readings"]["backlog"])
@@ -208,7 +212,12 @@ def test_kill_9_cycles_under_mixed_load_lose_nothing_and_duplicate_nothing(
             "every acknowledged gate event journalled",
         )
         fleet[0].stop()  # no new readings: let the outbox drain
-        wait_for(lambda: _backlog(site) == 0, 60, "the readings' backlog drained")
+        wait_for(
+            lambda: _journalled_readings(site) <= {r["reading_id"] for r in central.readings(SITE)},
+            60,
+            "every journalled reading at central",
+        )
+        wait_for(lambda: _backlog(site) == 0, 30, "the readings' backlog drained")
         gateway.signal(signal.SIGTERM)
         assert gateway.wait(20) == 0
     finally:
@@ -222,7 +231,7 @@ def test_kill_9_cycles_under_mixed_load_lose_nothing_and_duplicate_nothing(
     scans = [p["scan_id"] for p in _payloads(site, "patrol.scan")]
     assert len(scans) == len(set(scans)), "a scan stored twice"
     assert phone.acknowledged <= set(scans), "an acknowledged scan lost"
-    journalled = {r["reading_id"] for p in _payloads(site, "meter.reading") for r in p["readings"]}
+    journalled = _journalled_readings(site)
     ids = [r["reading_id"] for r in central.readings(SITE)]
     assert len(ids) == len(set(ids)), "a reading stored twice at central"
     assert set(ids) == journalled, "every journalled reading at central"
