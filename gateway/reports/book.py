@@ -35,8 +35,8 @@ from gateway.clock import Clock, parse_rfc3339, to_rfc3339
 from gateway.events import Event
 from gateway.journal.store import Journal, insert_events
 from gateway.reports.model import (
-    DONE_STATES,
     INCIDENT_STATE,
+    FollowUpResult,
     Report,
     ReportSettings,
     Step,
@@ -132,8 +132,9 @@ class ReportBook:
 
     async def tick(self) -> None:
         """Copy central's ticket updates in, then mark what has become overdue."""
-        while await self.journal.write(self._apply_central):
-            pass
+        # Read first: the writer is only asked when central sent something new.
+        while await self.journal.query(_central_pending):
+            await self.journal.write(self._apply_central)
         now = self.clock.now()
         for report in await self.journal.query(_open_reports):
             if _waiting_past(report, now):
@@ -248,7 +249,7 @@ class ReportBook:
             raise ReportRefused(f"{to!r} is not a user of this gateway; hand over to a named one")
 
         def apply(report: Report, now: str) -> None:
-            _must_be_open(report)
+            _require(report, "be handed over", *_WAITING, "resolved")
             if who.name != report.owner and who.role not in ("supervisor", "admin"):
                 raise ReportRefused(f"only the owner ({report.owner}) or a supervisor hands over")
             if to == report.owner:
@@ -287,7 +288,7 @@ class ReportBook:
         return await self._change(who, report_id, "resolved", apply, note=note)
 
     async def follow_up(
-        self, who: Principal, report_id: str, result: str, note: str | None
+        self, who: Principal, report_id: str, result: FollowUpResult, note: str | None
     ) -> Report:
         """The call back to the resident (回访). Unsatisfied reopens the report."""
 
@@ -444,9 +445,8 @@ class ReportBook:
                 conn, who, f"reports.{step.what}", report.report_id, reason=step.note, detail=detail
             )
 
-    def _apply_central(self, conn: sqlite3.Connection) -> bool:
-        """Copy one batch of central's ticket updates into report timelines;
-        True when there may be more."""
+    def _apply_central(self, conn: sqlite3.Connection) -> None:
+        """Copy one batch of central's ticket updates into report timelines."""
         cursor = int(get_cursor(conn, CURSOR, "0"))
         rows = conn.execute(
             "SELECT seq, payload, received_at FROM events "
@@ -472,7 +472,6 @@ class ReportBook:
             _store(conn, report)
         if rows:
             set_cursor(conn, CURSOR, str(cursor))
-        return len(rows) == 200
 
     def _wake(self) -> None:
         if self.on_incident is not None:
@@ -509,9 +508,16 @@ def _require(report: Report, action: str, *states: str) -> None:
         raise ReportRefused(f"{report.report_id} is {report.state}; it cannot {action}")
 
 
-def _must_be_open(report: Report) -> None:
-    if report.state in DONE_STATES:
-        raise ReportRefused(f"{report.report_id} is already {report.state}")
+def _central_pending(conn: sqlite3.Connection) -> bool:
+    """Whether central's ticket feed has an update the reports have not seen."""
+    cursor = int(get_cursor(conn, CURSOR, "0"))
+    return (
+        conn.execute(
+            "SELECT 1 FROM events WHERE kind = 'central.ticket_update' AND seq > ? LIMIT 1",
+            (cursor,),
+        ).fetchone()
+        is not None
+    )
 
 
 def _join(result: str, note: str | None) -> str:

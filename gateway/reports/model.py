@@ -26,12 +26,8 @@ from gateway.config_base import Ident, _Section
 Urgency = Literal["P1", "P2", "P3"]
 URGENCIES: tuple[Urgency, ...] = ("P1", "P2", "P3")
 
-STATES = ("open", "dispatched", "on_scene", "resolved", "closed", "cancelled")
-"""open → dispatched → on_scene → resolved → closed; cancelled for a duplicate
-or withdrawn report. A follow-up that finds the resident unsatisfied reopens."""
-DONE_STATES = frozenset({"closed", "cancelled"})
-REACHED_STATES = frozenset({"on_scene", "resolved", "closed"})
-"""States in which someone has been on scene: the commitment is met or missed."""
+# A report's states: open → dispatched → on_scene → resolved → closed; cancelled for a
+# duplicate or withdrawn report. A follow-up that finds the resident unsatisfied reopens.
 INCIDENT_STATE = {
     "open": "open",
     "dispatched": "acknowledged",
@@ -42,7 +38,8 @@ INCIDENT_STATE = {
 }
 """A report's state in the central contract's words (open | acknowledged | resolved | closed)."""
 
-FOLLOW_UP_RESULTS = ("satisfied", "unsatisfied", "unreachable")
+FollowUpResult = Literal["satisfied", "unsatisfied", "unreachable"]
+"""How the call back to the resident (回访) went."""
 
 
 def _clock(value: str) -> str:

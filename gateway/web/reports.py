@@ -22,7 +22,7 @@ from gateway.auth import Principal
 from gateway.clock import parse_rfc3339
 from gateway.errors import JournalError
 from gateway.reports.book import NewReport, ReportBook, ReportRefused
-from gateway.reports.model import FOLLOW_UP_RESULTS, Report, ReportSettings
+from gateway.reports.model import FollowUpResult, Report, ReportSettings
 from gateway.reports.stats import (
     follow_up_made,
     follow_up_owed,
@@ -68,11 +68,8 @@ class ToIn(BaseModel):
 
 class FollowUpIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    result: Literal["satisfied", "unsatisfied", "unreachable"]
+    result: FollowUpResult
     note: str | None = Field(default=None, max_length=500)
-
-
-assert set(FOLLOW_UP_RESULTS) == {"satisfied", "unsatisfied", "unreachable"}
 
 
 def report_view(
