@@ -11,10 +11,16 @@ the subscriber connects and drains them:
 * the gateway's access side (site-broker session, mapping by profile,
   journal commit, PUBACK after commit) gives ours.
 
+The two alternate over ``--rounds`` rounds (bare first in odd rounds, gateway
+first in even ones); each figure is the median over the rounds, the ratio the
+median of each round's own ratio: on a shared virtual machine the CPU
+available moves by a factor of two within a minute (steal time), so a single
+bare run followed by a single gateway run compares two different machines.
+
 Prints ``bare_subscriber_msgs_per_s``, ``mqtt_vs_bare`` and, last,
 ``mqtt_events_per_s``; fails if an event is missing or stored twice.
 
-    .venv/bin/python bench/mqtt_ingest.py [--messages 40000]
+    .venv/bin/python bench/mqtt_ingest.py [--messages 20000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import os
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import threading
@@ -91,10 +98,10 @@ def publish(broker: Broker, count: int, tag: str) -> None:
     client.loop_stop()
 
 
-def bare_rate(broker: Broker, count: int) -> float:
-    subscribe_then_leave(broker, "bench-bare")
+def bare_rate(broker: Broker, count: int, tag: str) -> float:
+    subscribe_then_leave(broker, f"bench-bare-{tag}")
     publish(broker, count, "bare")
-    client = _client(broker, "bench-bare", clean=False)
+    client = _client(broker, f"bench-bare-{tag}", clean=False)
     got = 0
     first: list[float] = []
     finished = threading.Event()
@@ -118,7 +125,7 @@ def bare_rate(broker: Broker, count: int) -> float:
     return count / elapsed
 
 
-def site_text(broker: Broker) -> str:
+def site_text(broker: Broker, client_id: str) -> str:
     points = "".join(
         f'\n[[devices.access_points]]\nid = "G{g:02d}"\nkind = "turnstile"\n'
         f'profile = "generic-json-gate"\ntopic_prefix = "site/gates/G{g:02d}"\n'
@@ -128,16 +135,17 @@ def site_text(broker: Broker) -> str:
         '[site]\nid = "bench"\nname = "bench"\nprofiles_dir = "profiles"\n'
         f'\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
         f'username = "{broker.username}"\npassword = "{broker.password}"\n'
-        'client_id = "bench-gateway"\n' + points
+        f'client_id = "{client_id}"\n' + points
     )
 
 
-async def gateway_rate(broker: Broker, count: int, directory: Path) -> float:
+async def gateway_rate(broker: Broker, count: int, directory: Path, tag: str) -> float:
     shutil.copytree(ROOT / "config" / "profiles", directory / "profiles")
     site = directory / "site.toml"
-    site.write_text(site_text(broker), encoding="utf-8")
+    client_id = f"bench-gateway-{tag}"
+    site.write_text(site_text(broker, client_id), encoding="utf-8")
     config = parse_site_config(site.read_text(encoding="utf-8"), site)
-    subscribe_then_leave(broker, "bench-gateway")
+    subscribe_then_leave(broker, client_id)
     await asyncio.to_thread(publish, broker, count, "gateway")
     journal = await Journal.open(directory / "journal.db")
     side = AccessSide.build(config, journal, Clock())
@@ -168,24 +176,37 @@ async def gateway_rate(broker: Broker, count: int, directory: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=40_000)
+    parser.add_argument("--messages", type=int, default=20_000, help="per side and round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--inflight", type=int, default=1000, help="broker max_inflight_messages")
     args = parser.parse_args()
     # A site broker should let a subscriber have more than Mosquitto's default 20
     # unacknowledged messages: the gateway acknowledges after each group commit.
-    with (
-        run_broker(max_inflight=args.inflight) as broker,
-        tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp,
-    ):
+    bares: list[float] = []
+    ours: list[float] = []
+    ratios: list[float] = []
+    with run_broker(max_inflight=args.inflight) as broker:
         print(
             f"broker: {broker.kind} (max_inflight_messages {args.inflight}); "
-            f"cores: {os.cpu_count()}; messages: {args.messages}"
+            f"cores: {os.cpu_count()}; messages: {args.messages} per side and round"
         )
-        bare = bare_rate(broker, args.messages)
-        ours = asyncio.run(gateway_rate(broker, args.messages, Path(tmp)))
-    print(f"bare_subscriber_msgs_per_s: {bare:.0f}")
-    print(f"mqtt_vs_bare: {ours / bare:.2f}")
-    print(f"mqtt_events_per_s: {ours:.0f}")
+        for round_no in range(args.rounds):
+            tag = str(round_no)
+            for side in ("bare", "gateway") if round_no % 2 == 0 else ("gateway", "bare"):
+                if side == "bare":
+                    bares.append(bare_rate(broker, args.messages, tag))
+                    continue
+                with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp:
+                    ours.append(asyncio.run(gateway_rate(broker, args.messages, Path(tmp), tag)))
+            ratios.append(ours[-1] / bares[-1])
+            print(
+                f"round {round_no + 1}: bare {bares[-1]:.0f} msgs/s, gateway {ours[-1]:.0f} "
+                f"events/s, ratio {ratios[-1]:.2f}",
+                flush=True,
+            )
+    print(f"bare_subscriber_msgs_per_s: {statistics.median(bares):.0f}")
+    print(f"mqtt_vs_bare: {statistics.median(ratios):.2f}")
+    print(f"mqtt_events_per_s: {statistics.median(ours):.0f}")
 
 
 if __name__ == "__main__":
