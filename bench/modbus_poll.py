@@ -42,6 +42,7 @@ from gateway.adapters.modbus.poller import PRIORITY_BILLED, LinkPoller, Polled
 from gateway.clock import Clock
 from gateway.config import ModbusTcpLink
 from gateway.health import DeviceHealth
+from gateway.heap import settle_heap
 from gateway.journal.store import Journal
 from gateway.meters.book import MeterBook, MeterInfo
 from gateway.profiles import Profile, load_profile
@@ -157,6 +158,7 @@ async def gateway(
             for u, m in enumerate(meters[port])
         ]
         pollers.append(LinkPoller(link, devices, book=book, journal=journal, clock=clock))
+    settle_heap()  # as `gateway run` does once it is built
     cpu0, wall0 = time.process_time(), time.perf_counter()
     tasks = [asyncio.create_task(p.run()) for p in pollers]
     await asyncio.sleep(seconds)

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))  # the test harness runs the broker
 from gateway.adapters.mqtt.side import AccessSide  # noqa: E402
 from gateway.clock import Clock  # noqa: E402
 from gateway.config import parse_site_config  # noqa: E402
+from gateway.heap import settle_heap  # noqa: E402
 from gateway.journal.store import Journal  # noqa: E402
 from tests.harness.broker import Broker, run_broker  # noqa: E402
 
@@ -98,7 +99,7 @@ def publish(broker: Broker, count: int, tag: str) -> None:
     client.loop_stop()
 
 
-def bare_rate(broker: Broker, count: int, tag: str) -> float:
+def bare_rate(broker: Broker, count: int, tag: str) -> tuple[float, float]:
     subscribe_then_leave(broker, f"bench-bare-{tag}")
     publish(broker, count, "bare")
     client = _client(broker, f"bench-bare-{tag}", clean=False)
@@ -109,7 +110,7 @@ def bare_rate(broker: Broker, count: int, tag: str) -> float:
     def on_message(*_: object) -> None:
         nonlocal got
         if not first:
-            first.append(time.perf_counter())
+            first.extend((time.perf_counter(), time.process_time()))
         got += 1
         if got == count:
             finished.set()
@@ -120,9 +121,10 @@ def bare_rate(broker: Broker, count: int, tag: str) -> float:
     if not finished.wait(120):
         raise SystemExit(f"bare subscriber got {got} of {count}")
     elapsed = time.perf_counter() - first[0]
+    cpu = time.process_time() - first[1]
     client.disconnect()
     client.loop_stop()
-    return count / elapsed
+    return count / elapsed, cpu / count * 1e6
 
 
 def site_text(broker: Broker, client_id: str) -> str:
@@ -139,7 +141,9 @@ def site_text(broker: Broker, client_id: str) -> str:
     )
 
 
-async def gateway_rate(broker: Broker, count: int, directory: Path, tag: str) -> float:
+async def gateway_rate(
+    broker: Broker, count: int, directory: Path, tag: str
+) -> tuple[float, float]:
     shutil.copytree(ROOT / "config" / "profiles", directory / "profiles")
     site = directory / "site.toml"
     client_id = f"bench-gateway-{tag}"
@@ -149,17 +153,19 @@ async def gateway_rate(broker: Broker, count: int, directory: Path, tag: str) ->
     await asyncio.to_thread(publish, broker, count, "gateway")
     journal = await Journal.open(directory / "journal.db")
     side = AccessSide.build(config, journal, Clock())
+    settle_heap()  # as `gateway run` does once it is built
     task = asyncio.create_task(side.broker.run())
-    started = None
+    started = cpu_started = None
     try:
         while sum(side.accepted.values()) < count:
             if started is None and side.broker.counters["received"]:
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
             if task.done():
                 task.result()
             await asyncio.sleep(0.005)
-        assert started is not None
+        assert started is not None and cpu_started is not None
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -171,7 +177,7 @@ async def gateway_rate(broker: Broker, count: int, directory: Path, tag: str) ->
     conn.close()
     if stored != count or distinct != count:
         raise SystemExit(f"journal holds {stored} access events ({distinct} distinct) of {count}")
-    return count / elapsed
+    return count / elapsed, cpu / count * 1e6
 
 
 def main() -> None:
@@ -185,6 +191,7 @@ def main() -> None:
     bares: list[float] = []
     ours: list[float] = []
     ratios: list[float] = []
+    cpu: dict[str, list[float]] = {"bare": [], "gateway": []}
     with run_broker(max_inflight=args.inflight) as broker:
         print(
             f"broker: {broker.kind} (max_inflight_messages {args.inflight}); "
@@ -194,16 +201,24 @@ def main() -> None:
             tag = str(round_no)
             for side in ("bare", "gateway") if round_no % 2 == 0 else ("gateway", "bare"):
                 if side == "bare":
-                    bares.append(bare_rate(broker, args.messages, tag))
-                    continue
-                with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp:
-                    ours.append(asyncio.run(gateway_rate(broker, args.messages, Path(tmp), tag)))
+                    rate, cpu_us = bare_rate(broker, args.messages, tag)
+                    bares.append(rate)
+                else:
+                    with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp:
+                        rate, cpu_us = asyncio.run(
+                            gateway_rate(broker, args.messages, Path(tmp), tag)
+                        )
+                    ours.append(rate)
+                cpu[side].append(cpu_us)
             ratios.append(ours[-1] / bares[-1])
             print(
                 f"round {round_no + 1}: bare {bares[-1]:.0f} msgs/s, gateway {ours[-1]:.0f} "
-                f"events/s, ratio {ratios[-1]:.2f}",
+                f"events/s, ratio {ratios[-1]:.2f}; CPU per message: "
+                f"bare {cpu['bare'][-1]:.1f} us, gateway {cpu['gateway'][-1]:.1f} us",
                 flush=True,
             )
+    print(f"bare_cpu_us_per_msg: {statistics.median(cpu['bare']):.1f}")
+    print(f"gateway_cpu_us_per_event: {statistics.median(cpu['gateway']):.1f}")
     print(f"bare_subscriber_msgs_per_s: {statistics.median(bares):.0f}")
     print(f"mqtt_vs_bare: {statistics.median(ratios):.2f}")
     print(f"mqtt_events_per_s: {statistics.median(ours):.0f}")

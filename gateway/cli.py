@@ -20,6 +20,7 @@ from gateway.app import GatewayService, StartupError
 from gateway.auth import hash_token
 from gateway.config import load_site_config
 from gateway.errors import ConfigError, JournalError, JournalOpenError
+from gateway.heap import settle_heap
 from gateway.journal.backup import backup, restore
 from gateway.journal.schema import LATEST_VERSION
 from gateway.secrets import resolve_secret
@@ -69,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load_site_config(args.config)
     except ConfigError as exc:
         return _fail(exc.problems)
-    service = GatewayService(config)
+    service = GatewayService(config, on_ready=lambda _url: settle_heap())
     try:
         asyncio.run(service.run())
     except (JournalOpenError, StartupError) as exc:

@@ -6,6 +6,7 @@ intake answers only after the events are committed, so a 200 means durable.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -208,6 +209,12 @@ def _plain_error(error: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _to_event(item: EventIn) -> Event:
+    """The event an item stands for; ValueError if its payload holds NaN or an
+    infinity (the journal's encoder would write those as null)."""
+    try:
+        json.dumps(item.payload, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"payload not storable: {exc}") from None
     return Event(
         kind=check_kind(item.kind),
         device=item.device,

@@ -13,13 +13,13 @@ QoS 1 redelivery is stored once by the journal.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, get_args
+
+import orjson
 
 from gateway.adapters.mqtt.profile import (
     ENUM_FIELDS,
@@ -52,7 +52,6 @@ REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 _SEQUENCE = re.compile(r"^[\x21-\x7e]{1,64}$")  # must fit in an event id
-_LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 MISSING = object()
 
 
@@ -149,17 +148,6 @@ def _map(
 # ---- payload text ------------------------------------------------------------------------
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999: not storable as JSON
-        raise ValueError(f"number {text[:20]} is out of range")
-    return value
-
-
-def _no_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not JSON")
-
-
 def _decode(payload: bytes) -> str:
     try:
         return payload.decode("utf-8")
@@ -167,22 +155,19 @@ def _decode(payload: bytes) -> str:
         raise _Reject("not_utf8", f"byte {exc.start} is not UTF-8") from None
 
 
-def _parse(text: str) -> Any:
-    """JSON the journal can store again: no NaN, no infinities, no lone surrogates."""
+def _parse(payload: bytes) -> Any:
+    """JSON the journal can store again. orjson is strict where a journal row must
+    be: no NaN, no infinities (``1e999``), no lone surrogates, nesting at most
+    1,024 deep; it is also the intake's fastest step instead of its slowest."""
     try:
-        data = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:  # too deep nesting is a RecursionError
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        _decode(payload)  # a payload that is not UTF-8 says so
         raise _Reject("not_json", str(exc)[:120]) from None
-    if _LONE_SURROGATE.search(text):
-        try:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise _Reject("not_json", "a string holds a lone UTF-16 surrogate") from None
-    return data
 
 
 def _parse_object(payload: bytes) -> dict[str, Any]:
-    data = _parse(_decode(payload))
+    data = _parse(payload)
     if not isinstance(data, dict):
         raise _Reject("not_an_object", f"payload is a JSON {type(data).__name__}, not an object")
     return data
@@ -361,7 +346,7 @@ def _raw(payload: bytes) -> Any:
     """A liveness payload as kept in ``raw``: JSON if it is JSON, else its text."""
     text = _decode(payload)
     try:
-        return _parse(text)
+        return _parse(payload)
     except _Reject:
         return text
 
