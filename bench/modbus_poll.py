@@ -101,7 +101,9 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-async def raw_client(ports: list[int], units: int, profile: Profile, seconds: float) -> float:
+async def raw_client(
+    ports: list[int], units: int, profile: Profile, seconds: float
+) -> tuple[float, float]:
     blocks = profile.blocks()
     reads = 0
 
@@ -118,9 +120,10 @@ async def raw_client(ports: list[int], units: int, profile: Profile, seconds: fl
                 reads += 1
         client.close()
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     await asyncio.gather(*(loop(port) for port in ports))
-    return reads / (time.perf_counter() - started)
+    cpu = time.process_time() - cpu_started
+    return reads / (time.perf_counter() - started), cpu / reads * 1000
 
 
 async def gateway(
@@ -187,11 +190,13 @@ def main() -> None:
     try:
         if not ready.wait(30):
             raise SystemExit("simulated meters did not start")
-        raws, rates, cpus, ratios = [], [], [], []
+        raws, rates, cpus, raw_cpus, ratios = [], [], [], [], []
         for round_no in range(args.rounds):
             for side in ("raw", "gateway") if round_no % 2 == 0 else ("gateway", "raw"):
                 if side == "raw":
-                    raws.append(asyncio.run(raw_client(ports, units, profile, args.seconds)))
+                    raw, raw_cpu = asyncio.run(raw_client(ports, units, profile, args.seconds))
+                    raws.append(raw)
+                    raw_cpus.append(raw_cpu)
                     continue
                 with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
                     rate, cpu_ms = asyncio.run(
@@ -201,7 +206,8 @@ def main() -> None:
                 cpus.append(cpu_ms)
             ratios.append(rates[-1] / raws[-1])
             print(
-                f"round {round_no + 1}: raw {raws[-1]:.0f} reads/s, gateway {rates[-1]:.0f} "
+                f"round {round_no + 1}: raw {raws[-1]:.0f} reads/s ({raw_cpus[-1]:.3f} ms CPU "
+                f"each), gateway {rates[-1]:.0f} "
                 f"reads/s ({cpus[-1]:.3f} ms CPU each), ratio {ratios[-1]:.2f}",
                 flush=True,
             )
@@ -212,6 +218,7 @@ def main() -> None:
         f"cores: {os.cpu_count()}  meters: {units * args.links}  links: {args.links}  "
         f"reads per meter poll: {len(profile.blocks())}"
     )
+    print(f"raw_client_cpu_ms_per_read: {statistics.median(raw_cpus):.3f}")
     print(f"raw_client_reads_per_s: {statistics.median(raws):.0f}")
     print(f"gateway_cpu_ms_per_read: {statistics.median(cpus):.3f}")
     print(f"modbus_vs_raw_client: {statistics.median(ratios):.2f}")
