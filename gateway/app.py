@@ -138,6 +138,7 @@ class GatewayService:
             self.journal = await Journal.open(
                 cfg.journal.path,
                 max_pending=cfg.journal.max_pending,
+                commit_interval_s=cfg.journal.commit_interval_ms / 1000,
                 on_commit=self.metrics.on_commit,
             )
         except JournalError:

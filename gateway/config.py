@@ -82,6 +82,8 @@ class SiteInfo(_Section):
 class JournalSettings(_Section):
     path: Path = Field(default=Path("data/journal.db"), validate_default=True)
     max_pending: StrictInt = Field(default=20_000, ge=100, le=1_000_000)
+    commit_interval_ms: StrictInt = Field(default=10, ge=0, le=1000)
+    """Shortest time between the starts of two commits (pacing: see gateway.journal.store)."""
     disk_low_mb: StrictInt = Field(default=200, ge=1, le=1_000_000)
     """Free space on the journal's filesystem below which the storage alarm is raised
     (while there is still room to record it)."""

@@ -74,6 +74,43 @@ def test_many_producers_are_group_committed(tmp_path: Path) -> None:
     assert len(commits) < 2_000, "group commit should put many events in one transaction"
 
 
+def test_commits_are_paced_under_steady_load_but_a_lone_event_waits_for_nothing(
+    tmp_path: Path,
+) -> None:
+    """At most one commit starts per interval however fast events arrive (what
+    arrives meanwhile joins the next group); after a quiet spell an event is
+    committed at once, not an interval later."""
+    path = tmp_path / "j.db"
+    commits: list[int] = []
+    interval = 0.2
+
+    async def main() -> float:
+        journal = await Journal.open(
+            path, on_commit=lambda n, _s: commits.append(n), commit_interval_s=interval
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        producers = []
+        n = 0
+        while loop.time() < deadline:  # a steady stream, one event per millisecond
+            producers.append(asyncio.create_task(journal.submit(Event("k.x", "d", id=f"e{n}"))))
+            n += 1
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*producers)
+        await asyncio.sleep(interval * 2)  # quiet
+        started = loop.time()
+        await journal.submit(Event("k.x", "d", id="lone"))
+        lone_s = loop.time() - started
+        await journal.close()
+        return lone_s
+
+    lone_s = asyncio.run(main())
+    # 1.0 s of events plus the last group's wait: at most 1 + 1.2 / 0.2 commits
+    assert len(commits) - 1 <= 7, commits
+    assert sum(commits) == len(stored_ids(path))
+    assert lone_s < interval / 2, f"a lone event waited {lone_s * 1000:.0f} ms"
+
+
 def test_queue_is_bounded(tmp_path: Path) -> None:
     """Producers wait when max_pending events are in flight: memory does not grow."""
     path = tmp_path / "j.db"

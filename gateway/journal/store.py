@@ -9,6 +9,14 @@ few fsyncs. The design follows datasette's single-writer pattern:
   ``executemany`` inside one ``BEGIN IMMEDIATE`` … ``COMMIT`` (WAL,
   ``synchronous=FULL``), then resolves every future of the group with a single
   ``call_soon_threadsafe``;
+* commits are **paced**: one starts at most every ``commit_interval_s``
+  (default 10 ms). A writer that was idle commits at once, so a lone event
+  waits for nothing; under steady load (meters polled back to back, a gate
+  rush) what arrives meanwhile joins the next group instead of costing its
+  own fsync. Measured on bench/modbus_poll.py, unpaced commits ran at ~550 a
+  second with one or two polls each and cost ~30 µs of CPU per Modbus read;
+  pacing also bounds the fsyncs a flash card (a Pi's SD, a mini-PC's eMMC)
+  has to endure;
 * the pending list is bounded: when it is full, producers wait (back-pressure,
   never memory growth);
 * reads use their own read-only connections on a small thread pool, so a slow
@@ -200,8 +208,10 @@ class Journal:
         max_pending: int,
         on_commit: CommitHook | None,
         lock: JournalLock | None = None,
+        commit_interval_s: float = 0.0,
     ) -> None:
         self.path = path
+        self._commit_interval = commit_interval_s
         self._lock = lock
         self._conn = conn
         self._loop = loop
@@ -237,6 +247,7 @@ class Journal:
         *,
         max_pending: int = 20_000,
         on_commit: CommitHook | None = None,
+        commit_interval_s: float = 0.010,
     ) -> Journal:
         """Open (create, migrate) the journal and start its writer thread."""
         path = Path(path)
@@ -248,6 +259,7 @@ class Journal:
             max_pending=max_pending,
             on_commit=on_commit,
             lock=lock,
+            commit_interval_s=commit_interval_s,
         )
 
     # ---- intake ---------------------------------------------------------
@@ -326,17 +338,25 @@ class Journal:
     # ---- the writer thread ----------------------------------------------
 
     def _writer_loop(self) -> None:
+        started = -self._commit_interval
         while True:
             with self._cond:
                 while not (self._rows or self._ops or self._stopping):
                     self._writer_idle = True
                     self._cond.wait()
                 self._writer_idle = False
+                # Pacing (see module docstring): let the group fill until the
+                # interval since the last commit's start is over. Producers do
+                # not notify a busy writer, so only a stop cuts this short.
+                pause = started + self._commit_interval - time.monotonic()
+                if pause > 0 and not self._stopping:
+                    self._cond.wait(pause)
                 if not (self._rows or self._ops):
                     return
                 rows, self._rows = self._rows, []
                 waiters, self._waiters = self._waiters, []
                 ops, self._ops = self._ops, []
+            started = time.monotonic()
             error = self._commit(rows, ops)
             self._loop.call_soon_threadsafe(self._settle, waiters, ops, len(rows), error)
 
