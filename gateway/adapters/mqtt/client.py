@@ -13,9 +13,18 @@ hold through crashes and broker restarts:
   batches (everything that arrived while the last batch was handled), so a
   burst costs one commit, and acknowledged in arrival order, as MQTT 3.1.1
   requires.
-* **Bounded intake**: the broker sends at most its in-flight window of
-  unacknowledged QoS 1 messages, so a flood from one device waits at the
-  broker instead of growing our memory.
+* **Acknowledged on the connection they came from**: message ids are per
+  connection. A batch still being handled when the connection drops must not
+  acknowledge, on the next connection, the new messages that happen to get
+  the same ids (they would be lost if the gateway stopped before handling
+  them); its messages are left unacknowledged, and a broker that kept the
+  session sends them again (the event id stores them once).
+* **Bounded intake**: at most ``INBOX_LIMIT`` messages wait for the handler.
+  A broker should never send more than its in-flight window anyway, but
+  Mosquitto 2.0.11 (Debian 12) overshoots it by thousands while the
+  subscriber acknowledges (tests/test_mqtt_faults.py); past the limit paho's
+  network thread waits, TCP pushes back, and a flood from one device waits
+  at the broker instead of growing our memory.
 
 On every (re)connect the subscriptions are made again (a broker that lost
 its state, e.g. restarted without persistence, still delivers) and the
@@ -28,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +50,9 @@ from gateway.config import MqttBroker
 from gateway.errors import JournalClosed, JournalError
 
 log = logging.getLogger(__name__)
+
+INBOX_LIMIT = 1000
+"""Messages received and not yet taken by the handler, at most."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,10 @@ class SiteBroker:
         self.status_topic = f"gateway/{site_id}/status"
         self._handler = handler
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: deque[mqtt.MQTTMessage] = deque()  # appended by paho's thread
+        # (connection number, message), appended by paho's thread
+        self._inbox: deque[tuple[int, mqtt.MQTTMessage]] = deque()
+        self._room = threading.Condition()  # paho's thread waits here while the inbox is full
+        self._connection = 0  # counts successful connects (paho's thread writes it)
         self._arrived = asyncio.Event()
         self._connected = asyncio.Event()
         self.counters: Counter[str] = Counter()
@@ -116,19 +132,35 @@ class SiteBroker:
                 self._arrived.clear()
                 while self._inbox:
                     batch = [self._inbox.popleft() for _ in range(len(self._inbox))]
-                    if not await self._handle_durably(batch):
+                    with self._room:
+                        self._room.notify()
+                    if not await self._handle_durably([message for _, message in batch]):
                         return  # stopping: the broker sends them again next start
-                    for message in batch:
-                        if message.qos > 0:
-                            self._client.ack(message.mid, message.qos)
+                    self._acknowledge(batch)
         finally:
             self._stopping = True
+            with self._room:
+                self._room.notify_all()  # paho's thread may wait for room
             if self._connected.is_set():
                 # A goodbye, so the Will is not published; the status says why.
                 self._client.publish(self.status_topic, b"stopped", qos=1, retain=True)
                 self._client.disconnect()
             await asyncio.to_thread(self._client.loop_stop)
             self._connected.clear()
+
+    def _acknowledge(self, batch: list[tuple[int, mqtt.MQTTMessage]]) -> None:
+        """PUBACK each message, in order, if its connection is still the current one.
+
+        (No reconnect can slip in between the check and the ack: paho waits
+        at least a second before reconnecting, and this loop does not yield.)"""
+        current = self._connection
+        for connection, message in batch:
+            if message.qos == 0:
+                continue
+            if connection != current:
+                self.counters["acks_dropped_reconnected"] += 1
+                continue
+            self._client.ack(message.mid, message.qos)
 
     async def publish(self, topic: str, payload: bytes, within_s: float = 5.0) -> bool:
         """Publish with QoS 1; True once the broker acknowledged it (commands)."""
@@ -155,6 +187,7 @@ class SiteBroker:
             self.refused = str(reason)
             return
         self.refused = None
+        self._connection += 1
         client.publish(self.status_topic, b"online", qos=1, retain=True)
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
@@ -175,7 +208,12 @@ class SiteBroker:
             self._loop.call_soon_threadsafe(self._connected.clear)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._inbox.append(message)
+        if len(self._inbox) >= INBOX_LIMIT:
+            with self._room:
+                while len(self._inbox) >= INBOX_LIMIT and not self._stopping:
+                    self.counters["inbox_full_waits"] += 1
+                    self._room.wait(0.5)
+        self._inbox.append((self._connection, message))
         if self._loop is not None and not self._arrived.is_set():
             self._loop.call_soon_threadsafe(self._arrived.set)
 
