@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -109,7 +110,7 @@ class Event:
             self.kind,
             self.device,
             None if self.device_time is None else to_rfc3339(self.device_time),
-            to_rfc3339(self.received_at.astimezone(UTC)),
+            _utc_text(self.received_at),
             _payload_json(self.payload),
         )
 
@@ -119,3 +120,10 @@ def _payload_json(payload: Mapping[str, Any]) -> str:
         return orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS).decode()
     except orjson.JSONEncodeError:
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+@lru_cache(maxsize=64)
+def _utc_text(moment: datetime) -> str:
+    """``received_at`` as stored; cached because a batch of events (a burst of gate
+    messages, one commit's worth) shares one receive time."""
+    return to_rfc3339(moment.astimezone(UTC))

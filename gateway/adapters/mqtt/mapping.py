@@ -53,6 +53,9 @@ _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 _SEQUENCE = re.compile(r"^[\x21-\x7e]{1,64}$")  # must fit in an event id
 MISSING = object()
+# isinstance against a prebuilt tuple: ``str | int | float`` builds a union on every call
+_SCALARS = (str, int, float)
+_NUMBERS = (int, float)
 
 
 class AccessPointLike(Protocol):
@@ -195,14 +198,14 @@ def _name(path: tuple[str, ...]) -> str:
 
 
 def _scalar_key(value: Any, path: tuple[str, ...]) -> str:
-    if isinstance(value, str | int | float):  # bool is an int
+    if isinstance(value, _SCALARS):  # bool is an int
         return value_key(value)
     raise _Reject("bad_field_type", f"{_name(path)} is a JSON {type(value).__name__}")
 
 
 def _holds(condition: Condition, data: dict[str, Any]) -> bool:
     value = field_at(data, condition.path)
-    if not isinstance(value, str | int | float):
+    if not isinstance(value, _SCALARS):
         return False
     return value_key(value) == condition.equals
 
@@ -228,7 +231,7 @@ def _kind(rule: Rule, data: dict[str, Any]) -> str:
 def _field(rule: Rule, name: str, value: Any, path: tuple[str, ...]) -> str | float:
     """One normalised field from the vendor's value (known not missing or null)."""
     if name in NUMBER_FIELDS:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, _NUMBERS):
             raise _Reject("bad_field_type", f"{_name(path)} ({name}) is not a number")
         return float(value)
     if name not in ENUM_FIELDS:  # kept as given; numbers become their digits
@@ -292,7 +295,7 @@ def _device_time(spec: DeviceTime | None, data: dict[str, Any]) -> datetime | No
 
 def _to_datetime(spec: DeviceTime, value: Any, where: str) -> datetime:
     if spec.format in ("unix_s", "unix_ms"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, _NUMBERS):
             raise _Reject("bad_device_time", f"{where} is not a number ({spec.format})")
         seconds = value / 1000 if spec.format == "unix_ms" else value
         if not 946684800 <= seconds < 4102444800:  # 2000-01-01 .. 2100-01-01
@@ -369,7 +372,7 @@ def _status(
         if value is MISSING or value is None:
             raise _Reject("missing_field", f"{_name(liveness.status_path)} (status) is missing")
         key = _scalar_key(value, liveness.status_path)
-    elif isinstance(raw, str | int | float):
+    elif isinstance(raw, _SCALARS):
         key = value_key(raw).strip()
     else:
         raise _Reject("bad_field_type", f"status on {_short(topic)} is not a plain value")
