@@ -3,7 +3,9 @@
 A real gateway process polls simulated Modbus meters, takes QoS 1 gate events from
 a controller on a real broker and patrol scans from a phone through the API, and
 sends its readings to the reference central receiver. It is killed with SIGKILL
-five times at random moments and restarted. Afterwards:
+five times at random moments and restarted. Central is unreachable (connections
+refused) through the first kills, so the readings' backlog is built up, killed and
+restarted before any of it is delivered. Afterwards:
 
 - every gate event the broker acknowledged to the controller is in the journal,
   once (the gateway acknowledges to the broker only after its commit);
@@ -47,6 +49,7 @@ SITE = "yiyuan-sim"
 TOKEN = "central-token-for-the-kill-test"
 GATE = "N-GATE-1"
 KILLS = 5
+CENTRAL_DOWN_S = 8.0  # shorter than the kill phase: it ends between kills
 
 
 @pytest.fixture
@@ -188,10 +191,13 @@ def test_kill_9_cycles_under_mixed_load_lose_nothing_and_duplicate_nothing(
     gateway = GatewayProcess(site)
     gateway.wait_ready()
     time.sleep(1.0)  # the MQTT subscription is made
+    central.down_for(CENTRAL_DOWN_S)
+    down_since = time.monotonic()
     controller = GateController(mqtt_broker)
     controller.thread.start()
     phone = Phone(site)
     phone.thread.start()
+    backlog_while_down = 0
     try:
         for _ in range(KILLS):
             time.sleep(rng.uniform(1.5, 4.0))
@@ -201,6 +207,10 @@ def test_kill_9_cycles_under_mixed_load_lose_nothing_and_duplicate_nothing(
             time.sleep(rng.uniform(0.1, 1.0))  # devices and the phone keep going meanwhile
             gateway = GatewayProcess(site)
             gateway.wait_ready(30)
+            if central.is_down:
+                backlog_while_down = max(backlog_while_down, _backlog(site))
+        assert time.monotonic() - down_since > CENTRAL_DOWN_S, "central came back during kills"
+        assert backlog_while_down > 100, "a backlog built up while central was down"
         time.sleep(2.0)
         controller.close()
         phone.stop.set()
