@@ -72,6 +72,7 @@ class ModbusLink:
                 bytesize=8,
                 timeout=config.timeout_s,
                 retries=0,
+                reconnect_delay=0,  # the link reopens the port itself, once per poll
                 trace_packet=self._trace,
             )
         else:

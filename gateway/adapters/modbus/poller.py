@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.adapters.modbus.decode import decode_block
-from gateway.adapters.modbus.errors import ModbusError
+from gateway.adapters.modbus.errors import LinkDown, ModbusError
 from gateway.adapters.modbus.link import ModbusLink
 from gateway.clock import Clock
 from gateway.commands import CommandFailed
@@ -88,6 +88,7 @@ class LinkPoller:
         self.journal = journal
         self.clock = clock
         self._wake = asyncio.Event()
+        self._link_down = False  # the last LinkDown is not yet followed by a success
 
     def poll_now(self, device_ids: Iterable[str]) -> None:
         """Make these devices due at once (e.g. every billed meter at a period boundary)."""
@@ -139,11 +140,21 @@ class LinkPoller:
             else:
                 await self._poll_meter(device)
         except ModbusError as exc:
-            if device.health.state.value == "offline":
+            if isinstance(exc, LinkDown):
+                # A port that is gone (adapter unplugged) or an endpoint that refuses
+                # costs the bus nothing to try: the back-off does not grow, or a bus
+                # out for an hour would keep its fire-panel module offline for up to
+                # half an hour after it is back.
+                self._link_down = True
+            elif device.health.state.value == "offline":
                 device.offline_polls += 1
             await self._report(device.health.failure(exc.counter, str(exc), self.clock.now()))
             return
         device.offline_polls = 0
+        if self._link_down:
+            self._link_down = False
+            # the link is back: what went offline with it is asked again now
+            self.poll_now(d.id for d in self.devices.values() if d.health.state.value != "online")
         await self._report(device.health.success(self.clock.now()))
 
     async def _poll_meter(self, device: Polled) -> None:

@@ -77,6 +77,7 @@ import hashlib
 import logging
 import re
 import sqlite3
+import termios
 import threading
 import time
 from collections import Counter
@@ -393,7 +394,8 @@ class CradleLine:
             port.write(command.encode("ascii") + b"\r\n")
             port.flush()
             return self._read_reply(port, accept, time.monotonic() + self.timeout_s)
-        except (serial.SerialException, OSError) as exc:
+        # termios.error: pyserial's buffer calls on a port whose adapter was unplugged
+        except (serial.SerialException, OSError, termios.error) as exc:
             self._close_port()
             raise LinkDown(f"cradle {self.device}: {exc}") from exc
 
@@ -691,7 +693,10 @@ class WandPoller:
         except CradleError as exc:
             self._count_noise()
             if self.docked:
-                log.info("wand left the cradle wand=%s", self.wand_id)
+                if isinstance(exc, LinkDown):
+                    log.info("wand out of reach: cradle line down wand=%s", self.wand_id)
+                else:
+                    log.info("wand left the cradle wand=%s", self.wand_id)
             self.docked = False
             self.reader.forget()
             if isinstance(exc, NoAnswer) and not self.silence_is_failure:
