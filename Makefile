@@ -23,7 +23,8 @@ demo: $(STAMP)
 system-packages:
 	@if [ "$$(id -u)" = 0 ]; then \
 		missing=""; \
-		command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto mosquitto-clients"; \
+		command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+		command -v mosquitto_pub >/dev/null || missing="$$missing mosquitto-clients"; \
 		[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 		[ -d /usr/share/fonts/truetype/wqy ] || missing="$$missing fonts-wqy-microhei"; \
 		if [ -n "$$missing" ]; then \
