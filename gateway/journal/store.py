@@ -15,7 +15,7 @@ few fsyncs. The design follows datasette's single-writer pattern:
   commits at once, so a lone event waits for nothing, and a group that is
   already large has nothing to gain from waiting (the MQTT intake hands over
   hundreds of messages at a time, and waits for each commit before taking
-  more). Under steady trickling load (meters polled back to back) what
+  more: pacing even its occasional batch of a dozen slowed it). Under steady trickling load (meters polled back to back) what
   arrives meanwhile joins the next group instead of costing its own fsync:
   unpaced, bench/modbus_poll.py ran ~550 commits a second of one or two polls
   each, and pacing took 20–30 % off its CPU per read. It also bounds the
@@ -62,7 +62,7 @@ _INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-PACE_BELOW = 16
+PACE_BELOW = 8
 """Groups with fewer events and operations than this are paced (module docstring)."""
 
 
