@@ -6,7 +6,7 @@ few fsyncs. The design follows datasette's single-writer pattern:
 
 * producers on the asyncio loop append to a pending list and await a future;
 * one writer **thread** swaps the whole pending list out, inserts it with
-  ``executemany`` inside one ``BEGIN IMMEDIATE`` … ``COMMIT`` (WAL,
+  multi-row INSERTs inside one ``BEGIN IMMEDIATE`` … ``COMMIT`` (WAL,
   ``synchronous=FULL``), then resolves every future of the group with a single
   ``call_soon_threadsafe``;
 * small commits are **paced** (Kafka's ``linger.ms`` and ``batch.size``): a
@@ -15,8 +15,9 @@ few fsyncs. The design follows datasette's single-writer pattern:
   commits at once, so a lone event waits for nothing, and a group that is
   already large has nothing to gain from waiting (the MQTT intake hands over
   hundreds of messages at a time, and waits for each commit before taking
-  more: pacing even its occasional batch of a dozen slowed it). Under steady trickling load (meters polled back to back) what
-  arrives meanwhile joins the next group instead of costing its own fsync:
+  more: pacing even its occasional batch of a dozen slowed it). Under steady
+  trickling load (meters polled back to back) what arrives meanwhile joins
+  the next group instead of costing its own fsync:
   unpaced, bench/modbus_poll.py ran ~550 commits a second of one or two polls
   each, and pacing took 20–30 % off its CPU per read. It also bounds the
   fsyncs a flash card (a Pi's SD, a mini-PC's eMMC) has to endure;
@@ -57,10 +58,13 @@ Row = tuple[str, str, str | None, str | None, str, str]
 CommitHook = Callable[[int, float], None]
 """Called in the writer thread after each commit with (events stored, seconds)."""
 
-_INSERT = (
-    "INSERT OR IGNORE INTO events (id, kind, device, device_time, received_at, payload) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_HEAD = (
+    "INSERT OR IGNORE INTO events (id, kind, device, device_time, received_at, payload) VALUES "
 )
+_ROW_PLACES = "(?, ?, ?, ?, ?, ?)"
+_INSERT = _INSERT_HEAD + _ROW_PLACES
+_CHUNK = 64
+_INSERT_CHUNK = _INSERT_HEAD + ", ".join([_ROW_PLACES] * _CHUNK)
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 PACE_BELOW = 8
 """Groups with fewer events and operations than this are paced (module docstring)."""
@@ -69,7 +73,22 @@ PACE_BELOW = 8
 def insert_events(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
     """Insert events from inside a ``Journal.write`` operation (same transaction
     as the state it goes with); an id already stored is ignored."""
-    conn.executemany(_INSERT, [event.as_row() for event in events])
+    _insert_rows(conn, [event.as_row() for event in events])
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
+    """Insert rows 64 to a statement (the rest one by one); ids already stored are ignored.
+
+    Python's sqlite3 lets go of the GIL around every step, and ``executemany``
+    steps once per row: with the event loop and paho's thread busy, the writer
+    queued for the GIL again after each of a group's hundreds of rows, and the
+    intake waiting for that commit queued behind it."""
+    full = len(rows) - len(rows) % _CHUNK
+    for start in range(0, full, _CHUNK):
+        chunk = rows[start : start + _CHUNK]
+        conn.execute(_INSERT_CHUNK, [value for row in chunk for value in row])
+    if full < len(rows):
+        conn.executemany(_INSERT, rows[full:])
 
 
 def _connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
@@ -373,7 +392,7 @@ class Journal:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if rows:
-                    conn.executemany(_INSERT, rows)
+                    _insert_rows(conn, rows)
                 for op in ops:
                     self._run_op(conn, op)
                 conn.execute("COMMIT")
