@@ -54,6 +54,24 @@ def test_same_id_twice_is_stored_once(tmp_path: Path) -> None:
     assert stored_ids(path) == ["r1", "r2"]
 
 
+def test_a_large_group_is_stored_in_order_each_id_once(tmp_path: Path) -> None:
+    """Groups go in 64 rows to a statement: ids repeated inside one statement, across
+    statements and in the remainder are each stored once, in the order handed in."""
+    path = tmp_path / "j.db"
+    ids = [f"e{n}" for n in range(150)]
+    handed = [*ids[:100], "e3", "e70", *ids[100:], "e149", "e0"]  # 154 rows, 4 repeats
+
+    async def main() -> int:
+        journal = await Journal.open(path)
+        await journal.submit_many([Event("k.x", "d", {"n": i}, id=i) for i in handed])
+        committed = journal.events_committed
+        await journal.close()
+        return committed
+
+    assert asyncio.run(main()) == 150
+    assert stored_ids(path) == ids
+
+
 def test_many_producers_are_group_committed(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     commits: list[int] = []
