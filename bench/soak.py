@@ -29,6 +29,7 @@ reads all 3,054 meters in its first seconds, then the households again every
 ``--minutes 30`` holds two. A slope needs hours to mean much.
 
     .venv/bin/python bench/soak.py [--minutes 10] [--warmup-minutes 2] [--sample-s 5]
+                                   [--household-poll-s 900]
 """
 
 from __future__ import annotations
@@ -112,10 +113,12 @@ class Tally:
     posted: int
 
 
-def run_fleet(ports_out: multiprocessing.Queue[dict[str, int]], stop: ProcessEvent) -> None:
+def run_fleet(
+    ports_out: multiprocessing.Queue[dict[str, int]], stop: ProcessEvent, household_s: float
+) -> None:
     """The child process: the reference meters until ``stop``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it, also on Ctrl-C
-    layout = reference_slice(BUILDINGS, household_poll_s=HOUSEHOLD_S, main_poll_s=MAIN_S)
+    layout = reference_slice(BUILDINGS, household_poll_s=household_s, main_poll_s=MAIN_S)
     fleet = MeterFleet.for_layout(layout, load_profiles(shipped_profiles_dir()))
     fleet.start()
     ports_out.put(fleet.ports())
@@ -123,10 +126,10 @@ def run_fleet(ports_out: multiprocessing.Queue[dict[str, int]], stop: ProcessEve
     fleet.stop()
 
 
-def start_fleet(stack: contextlib.ExitStack) -> dict[str, int]:
+def start_fleet(stack: contextlib.ExitStack, household_s: float) -> dict[str, int]:
     ports_q: multiprocessing.Queue[dict[str, int]] = multiprocessing.Queue()
     stop = multiprocessing.Event()
-    child = multiprocessing.Process(target=run_fleet, args=(ports_q, stop))
+    child = multiprocessing.Process(target=run_fleet, args=(ports_q, stop, household_s))
     child.start()
 
     def finish() -> None:
@@ -353,15 +356,21 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="measured window")
     parser.add_argument("--warmup-minutes", type=float, default=2.0, help="left out")
     parser.add_argument("--sample-s", type=float, default=5.0)
+    parser.add_argument(
+        "--household-poll-s",
+        type=float,
+        default=HOUSEHOLD_S,
+        help="households' poll interval (shorter: more passes, e.g. to see memory settle sooner)",
+    )
     args = parser.parse_args()
     token = secrets.token_urlsafe(24)
     secret = secrets.token_hex(16)
-    layout = reference_slice(BUILDINGS, household_poll_s=HOUSEHOLD_S, main_poll_s=MAIN_S)
+    layout = reference_slice(BUILDINGS, household_poll_s=args.household_poll_s, main_poll_s=MAIN_S)
     posted: list[int] = []
     stop = threading.Event()
     with contextlib.ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-soak-")))
-        ports = start_fleet(stack)
+        ports = start_fleet(stack, args.household_poll_s)
         broker = stack.enter_context(run_broker(max_inflight=1000))
         central = start_central(stack, directory, layout.site_id, token)
         port = free_tcp_port()
